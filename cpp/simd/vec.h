@@ -1,0 +1,47 @@
+// A thin typed vector layer: Vec<Isa, T> exposes the same static operations for every ISA, so
+// a kernel is written once as a template over Isa and compiled once per ISA in its own
+// translation unit (cpp/runtime/isa_instance.cpp).
+//
+// Rules for code in the dispatched translation units:
+// - the ISA is a template parameter of every kernel, so instantiations for different ISAs have
+//   different symbols and the linker can never merge an AVX-512 copy into the scalar path;
+// - no SIMD constants at namespace scope (they would run before dispatch: SIGILL);
+// - non-template helpers in headers are `static inline` (internal linkage, one copy per TU).
+//
+// Operations (all static members of Vec<Isa, T>):
+//   width                       lanes per register
+//   zero(), set1(x)             broadcast
+//   load(p), store(p, v)        unaligned full-width access
+//   load_tail(p, n)             first n < width lanes, the rest zero (never reads past p + n)
+//   store_tail(p, v, n)         first n < width lanes (never writes past p + n)
+//   add sub mul div min max     lane-wise; min/max return the second operand if either is NaN
+//   fmadd(a, b, c) = a*b + c    fused, one rounding
+//   fnmadd(a, b, c) = c - a*b   fused, one rounding
+//   abs(a), neg(a), sqrt(a)
+//   lt le gt ge eq (a, b) -> mask; isnan(a) -> mask; select(m, a, b) = m ? a : b
+//   mask_or, mask_and, mask_not
+//   round_nearest(a)            round half to even, as T
+//   pow2i(n)                    2^n for integral-valued n in the normal exponent range
+//   copysign(mag, sgn), hsum(a)
+#pragma once
+
+#include <cstdint>
+
+namespace seqblocks {
+
+struct Scalar { static constexpr const char* name = "scalar"; };
+struct Avx2 { static constexpr const char* name = "avx2"; };
+struct Avx512 { static constexpr const char* name = "avx512"; };
+
+template <class Isa, class T>
+struct Vec;
+
+}  // namespace seqblocks
+
+#include "simd/scalar.h"
+#if defined(__AVX2__) && defined(__FMA__)
+#include "simd/avx2.h"
+#endif
+#if defined(__AVX512F__) && defined(__AVX512DQ__)
+#include "simd/avx512.h"
+#endif
