@@ -38,16 +38,25 @@ bool try_describe(const py::array& arr, Operand<T>* op) {
   op->batch = nd == 3 ? arr.shape(0) : 1;
   op->batch_stride = (nd == 3 && op->batch > 1) ? arr.strides(0) / item : 0;
   op->data = static_cast<const T*>(arr.data());
+  if (arr.size() == 0) {  // never read; NumPy gives empty arrays zero strides
+    op->batch_stride = 0;
+    op->layout = MatrixLayout{std::max<int64_t>(op->cols, 1), false};
+    return true;
+  }
   return describe_matrix(op->rows, op->cols, arr.strides(nd - 2) / item, arr.strides(nd - 1) / item,
                          &op->layout);
 }
 
-template <class T>
-Operand<T> make_operand(const py::array& arr, const char* name) {
+void check_matrix_ndim(const py::array& arr, const char* name) {
   if (arr.ndim() != 2 && arr.ndim() != 3) {
     throw std::invalid_argument(std::string(name) + ": expected a 2-D or 3-D array, got shape " +
                                 shape_str(arr));
   }
+}
+
+template <class T>
+Operand<T> make_operand(const py::array& arr, const char* name) {
+  check_matrix_ndim(arr, name);
   Operand<T> op;
   op.keep_alive = arr;
   if (!try_describe(arr, &op)) {
@@ -60,6 +69,17 @@ Operand<T> make_operand(const py::array& arr, const char* name) {
 template <class T>
 py::array run_gemm(const py::array& a_arr, const py::array& b_arr, bool trans_a, bool trans_b,
                    T alpha, T beta, const py::object& c_obj, const py::object& bias_obj) {
+  // The output size is checked from the shapes alone, before any operand is copied.
+  {
+    const int64_t a_batch = a_arr.ndim() == 3 ? a_arr.shape(0) : 1;
+    const int64_t b_batch = b_arr.ndim() == 3 ? b_arr.shape(0) : 1;
+    const int64_t m = a_arr.shape(a_arr.ndim() - (trans_a ? 1 : 2));
+    const int64_t n = b_arr.shape(b_arr.ndim() - (trans_b ? 2 : 1));
+    const int64_t batch = a_batch == 1 ? b_batch : a_batch;
+    const int64_t elements = checked_mul(checked_mul(batch, m, "matmul output"), n,
+                                         "matmul output");
+    checked_mul(elements, static_cast<int64_t>(sizeof(T)), "matmul output bytes");
+  }
   Operand<T> a = make_operand<T>(a_arr, "a");
   Operand<T> b = make_operand<T>(b_arr, "b");
 
@@ -81,7 +101,7 @@ py::array run_gemm(const py::array& a_arr, const py::array& b_arr, bool trans_a,
                                 shape_str(a_arr) + ", b is " + shape_str(b_arr));
   }
   const bool batched = a_arr.ndim() == 3 || b_arr.ndim() == 3;
-  p.batch = std::max(a.batch, b.batch);
+  p.batch = a.batch == 1 ? b.batch : a.batch;  // a 2-D operand or a batch of 1 broadcasts
   p.a = a.data;
   p.lda = a.layout.ld;
   p.batch_stride_a = a.batch_stride;
@@ -91,10 +111,7 @@ py::array run_gemm(const py::array& a_arr, const py::array& b_arr, bool trans_a,
   p.alpha = alpha;
   p.beta = beta;
 
-  const int64_t rows_total = checked_mul(p.batch, p.m, "matmul output");
-  checked_mul(rows_total, p.n, "matmul output");
-  checked_mul(checked_mul(rows_total, p.n, "matmul output"), static_cast<int64_t>(sizeof(T)),
-              "matmul output bytes");
+  const int64_t rows_total = p.batch * p.m;  // overflow checked above
   std::vector<py::ssize_t> shape;
   if (batched) shape.push_back(p.batch);
   shape.push_back(p.m);
@@ -146,6 +163,8 @@ py::array run_gemm(const py::array& a_arr, const py::array& b_arr, bool trans_a,
 
 py::array dispatch_gemm(const py::array& a, const py::array& b, bool trans_a, bool trans_b,
                         double alpha, double beta, const py::object& c, const py::object& bias) {
+  check_matrix_ndim(a, "a");
+  check_matrix_ndim(b, "b");
   const DType ta = float_dtype_of(a, "a");
   const DType tb = float_dtype_of(b, "b");
   if (ta != tb) {

@@ -56,11 +56,12 @@ def use_isa(name: str) -> Iterator[None]:
 
 def set_num_threads(n: int) -> None:
     """Threads used by every native kernel (the default honours ``OMP_NUM_THREADS``)."""
-    if isinstance(n, bool) or not isinstance(n, int):
-        try:
-            n = operator.index(n)
-        except TypeError:
-            raise TypeError(f"n: expected an int >= 1, got {type(n).__name__}") from None
+    if isinstance(n, bool):
+        raise TypeError("n: expected an int >= 1, got bool")
+    try:
+        n = operator.index(n)
+    except TypeError:
+        raise TypeError(f"n: expected an int >= 1, got {type(n).__name__}") from None
     if n < 1:
         raise ValueError(f"n: expected an int >= 1, got {n}")
     _core.set_num_threads(int(n))

@@ -6,6 +6,8 @@ Transposed views (``a.T``) are used in place, other strided views are copied fir
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from .. import _core
@@ -61,7 +63,7 @@ def linear(x, weight, bias=None) -> np.ndarray:
     if bias is not None and bias.shape != (out_features,):
         raise ValueError(f"bias: expected shape ({out_features},), got {shape_str(bias.shape)}")
     leading = x.shape[:-1]
-    y = _core.linear(x.reshape(-1, in_features), weight, bias)
+    y = _core.linear(x.reshape(math.prod(leading), in_features), weight, bias)
     return y.reshape(*leading, out_features)
 
 
