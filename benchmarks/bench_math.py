@@ -1,0 +1,10 @@
+"""exp / tanh / sigmoid / gelu on 2^20 float32: seqblocks vs NumPy vs PyTorch."""
+
+from conftest import parametrize_cases, run
+
+from seqblocks.bench import math_cases
+
+
+@parametrize_cases(math_cases(quick=False))
+def test_math(benchmark, case, impl):
+    run(benchmark, case, impl)

@@ -1,0 +1,202 @@
+"""``python -m seqblocks bench``: seqblocks vs NumPy vs PyTorch, same thread count, as a table.
+
+Every thread count runs in its own child process, with ``OMP_NUM_THREADS``,
+``OPENBLAS_NUM_THREADS`` and ``MKL_NUM_THREADS`` set to it (BLAS libraries read them once at load)
+and with ``OPENBLAS_CORETYPE``/``OPENBLAS_L2_SIZE`` removed (they slow NumPy's OpenBLAS on some
+machines; see shared/BENCHMARKING.md). In the child, seqblocks and torch are set to the same count.
+
+Timing: each implementation is warmed up, then the implementations are run in alternation
+(A B C A B C ...) and the median of the rounds is reported, so a slow minute hurts all of them.
+The ratio columns are other_time / seqblocks_time: above 1 means seqblocks is faster.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from typing import Callable
+
+import numpy as np
+
+
+@dataclasses.dataclass
+class Case:
+    """One benchmark: the same work done by each implementation."""
+
+    family: str
+    name: str
+    flops: float  # 0 when not meaningful
+    impls: dict[str, Callable[[], object]]  # "seqblocks", "numpy", "torch" -> zero-arg callable
+
+
+def _torch():
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch
+
+
+def gemm_cases(quick: bool) -> list[Case]:
+    import seqblocks
+
+    torch = _torch()
+    rng = np.random.default_rng(0)
+    cases = []
+    sizes32 = [256, 512] if quick else [256, 512, 1024, 2048]
+    sizes64 = [256] if quick else [256, 512, 1024]
+    for dtype, sizes in ((np.float32, sizes32), (np.float64, sizes64)):
+        for n in sizes:
+            a = rng.standard_normal((n, n)).astype(dtype)
+            b = rng.standard_normal((n, n)).astype(dtype)
+            impls = {"seqblocks": lambda a=a, b=b: seqblocks.ops.matmul(a, b), "numpy": lambda a=a, b=b: a @ b}
+            if torch is not None:
+                ta, tb = torch.from_numpy(a), torch.from_numpy(b)
+                impls["torch"] = lambda ta=ta, tb=tb: ta @ tb
+            cases.append(Case("gemm", f"matmul {np.dtype(dtype).name} {n}x{n}x{n}", 2.0 * n**3, impls))
+    for rows in [1, 4, 16, 64]:
+        x = rng.standard_normal((rows, 512)).astype(np.float32)
+        w = rng.standard_normal((2048, 512)).astype(np.float32)
+        bias = rng.standard_normal(2048).astype(np.float32)
+        impls = {"seqblocks": lambda x=x, w=w, b=bias: seqblocks.ops.linear(x, w, b),
+                 "numpy": lambda x=x, w=w, b=bias: x @ w.T + b}
+        if torch is not None:
+            tx, tw, tbias = torch.from_numpy(x), torch.from_numpy(w), torch.from_numpy(bias)
+            impls["torch"] = lambda tx=tx, tw=tw, tb=tbias: torch.nn.functional.linear(tx, tw, tb)
+        cases.append(Case("linear", f"linear float32 x({rows},512) W(2048,512)+b", 2.0 * rows * 512 * 2048, impls))
+    return cases
+
+
+def math_cases(quick: bool) -> list[Case]:
+    import seqblocks
+
+    torch = _torch()
+    n = 1 << 20
+    x = np.random.default_rng(0).uniform(-6, 6, n).astype(np.float32)
+    tx = torch.from_numpy(x) if torch is not None else None
+    table = [
+        ("exp", lambda: seqblocks.ops.exp(x), lambda: np.exp(x), lambda: torch.exp(tx)),
+        ("tanh", lambda: seqblocks.ops.tanh(x), lambda: np.tanh(x), lambda: torch.tanh(tx)),
+        ("sigmoid", lambda: seqblocks.ops.sigmoid(x), lambda: 1 / (1 + np.exp(-x)), lambda: torch.sigmoid(tx)),
+        ("gelu (erf)", lambda: seqblocks.ops.gelu(x), None, lambda: torch.nn.functional.gelu(tx)),
+        ("gelu (tanh)", lambda: seqblocks.ops.gelu(x, approximate="tanh"), None,
+         lambda: torch.nn.functional.gelu(tx, approximate="tanh")),
+    ]
+    cases = []
+    for name, ours, numpy_impl, torch_impl in table:
+        impls = {"seqblocks": ours}
+        if numpy_impl is not None:
+            impls["numpy"] = numpy_impl
+        if torch is not None:
+            impls["torch"] = torch_impl
+        cases.append(Case("math", f"{name} float32 n=2^20", 0.0, impls))
+    return cases
+
+
+FAMILIES = {"gemm": gemm_cases, "math": math_cases}
+
+
+def time_case(case: Case, rounds: int, min_sample_s: float = 0.02) -> dict[str, float]:
+    """Median seconds per call of each implementation, measured in alternation."""
+    calls = {}
+    for name, fn in case.impls.items():
+        fn()  # warm-up (allocations, thread pools, lazy init)
+        start = time.perf_counter()
+        fn()
+        once = max(time.perf_counter() - start, 1e-7)
+        calls[name] = max(1, int(min_sample_s / once))
+    samples: dict[str, list[float]] = {name: [] for name in case.impls}
+    for _ in range(rounds):
+        for name, fn in case.impls.items():
+            start = time.perf_counter()
+            for _ in range(calls[name]):
+                fn()
+            samples[name].append((time.perf_counter() - start) / calls[name])
+    return {name: statistics.median(s) for name, s in samples.items()}
+
+
+def _machine_line() -> str:
+    import seqblocks
+
+    info = seqblocks.cpu_info()
+    return (f"{info['brand'] or platform.processor()} | isa {info['isa']} | "
+            f"{datetime.date.today().isoformat()} | python {platform.python_version()} | numpy {np.__version__}"
+            + (f" | torch {_torch().__version__}" if _torch() is not None else ""))
+
+
+def run_worker(threads: int, families: list[str], quick: bool, rounds: int) -> None:
+    import seqblocks
+
+    seqblocks.set_num_threads(threads)
+    torch = _torch()
+    if torch is not None:
+        torch.set_num_threads(threads)
+    print(f"\n## threads = {threads}\n")
+    print(f"machine: {_machine_line()}\n")
+    header = "| case | seqblocks ms | GFLOP/s | numpy ms | numpy/ours | torch ms | torch/ours |"
+    print(header)
+    print("|" + "---|" * (header.count("|") - 1))
+    for family in families:
+        for case in FAMILIES[family](quick):
+            t = time_case(case, rounds)
+            ours = t["seqblocks"]
+            gflops = f"{case.flops / ours / 1e9:.1f}" if case.flops else "-"
+
+            def cell(name):
+                if name not in t:
+                    return "-", "-"
+                return f"{t[name] * 1e3:.4g}", f"{t[name] / ours:.2f}x"
+
+            np_ms, np_ratio = cell("numpy")
+            th_ms, th_ratio = cell("torch")
+            print(f"| {case.name} | {ours * 1e3:.4g} | {gflops} | {np_ms} | {np_ratio} | {th_ms} | {th_ratio} |",
+                  flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m seqblocks bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", default="1,2", help="comma-separated thread counts (default 1,2)")
+    parser.add_argument("--quick", action="store_true", help="small sizes and few rounds (about a minute)")
+    parser.add_argument("--only", default=",".join(FAMILIES), help=f"families to run: {', '.join(FAMILIES)}")
+    parser.add_argument("--rounds", type=int, default=None, help="alternating rounds per case (median taken)")
+    parser.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    families = [f.strip() for f in args.only.split(",") if f.strip()]
+    unknown = [f for f in families if f not in FAMILIES]
+    if unknown:
+        parser.error(f"--only: expected names from {', '.join(FAMILIES)}, got {', '.join(unknown)}")
+    rounds = args.rounds if args.rounds is not None else (5 if args.quick else 11)
+    if rounds < 1:
+        parser.error(f"--rounds: expected an int >= 1, got {rounds}")
+    if args.worker is not None:
+        run_worker(args.worker, families, args.quick, rounds)
+        return 0
+    try:
+        thread_counts = [int(t) for t in args.threads.split(",") if t.strip()]
+    except ValueError:
+        parser.error(f"--threads: expected comma-separated ints >= 1, got {args.threads!r}")
+    if not thread_counts or min(thread_counts) < 1:
+        parser.error(f"--threads: expected comma-separated ints >= 1, got {args.threads!r}")
+
+    print("# seqblocks bench\n")
+    print("ratio columns = their time / our time (> 1: seqblocks faster); medians of alternating rounds")
+    for threads in thread_counts:
+        env = dict(os.environ)
+        for var in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"):
+            env.pop(var, None)
+        for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+            env[var] = str(threads)
+        cmd = [sys.executable, "-m", "seqblocks", "bench", "--worker", str(threads), "--only", ",".join(families),
+               "--rounds", str(rounds)] + (["--quick"] if args.quick else [])
+        result = subprocess.run(cmd, env=env)
+        if result.returncode != 0:
+            return result.returncode
+    return 0
