@@ -169,3 +169,26 @@ def test_works_with_torch_imported_before_or_after(torch_first):
     result = run_python(_TORCH_AND_SEQBLOCKS.format(first=imports[0], second=imports[1]), timeout=300)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "ok"
+
+
+def test_backend_switch_and_context():
+    import threading
+
+    a = np.random.default_rng(0).standard_normal((5, 4)).astype(np.float32)
+    assert seqblocks.get_backend() == "native"
+    with seqblocks.backend("numpy"):
+        assert seqblocks.get_backend() == "numpy"
+        np.testing.assert_array_equal(seqblocks.ops.matmul(a, a.T), a @ a.T)
+        seen = []
+        thread = threading.Thread(target=lambda: seen.append(seqblocks.get_backend()))
+        thread.start()
+        thread.join()
+        assert seen == ["native"]  # the choice is per thread
+    assert seqblocks.get_backend() == "native"
+    with pytest.raises(ValueError, match=r"name: expected one of 'native', 'numpy', got 'cuda'"):
+        seqblocks.set_backend("cuda")
+    seqblocks.set_backend("numpy")
+    try:
+        assert seqblocks.get_backend() == "numpy"
+    finally:
+        seqblocks.set_backend("native")

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "bindings/common.h"
+#include "bindings/registry.h"
 #include "runtime/dispatch.h"
 #include "runtime/threads.h"
 
@@ -180,7 +181,11 @@ py::array dispatch_gemm(const py::array& a, const py::array& b, bool trans_a, bo
 
 }  // namespace
 
-void register_gemm(py::module_& m) {
+}  // namespace seqblocks
+
+SEQBLOCKS_BINDINGS(gemm) {
+  using namespace seqblocks;
+  namespace py = pybind11;
   m.def(
       "matmul",
       [](const py::array& a, const py::array& b) {
@@ -213,5 +218,3 @@ void register_gemm(py::module_& m) {
       py::arg("alpha") = 1.0, py::arg("beta") = 0.0, py::arg("trans_a") = false,
       py::arg("trans_b") = false, "alpha * op(a) @ op(b) + beta * c");
 }
-
-}  // namespace seqblocks

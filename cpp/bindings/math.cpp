@@ -5,6 +5,7 @@
 #include <string>
 
 #include "bindings/common.h"
+#include "bindings/registry.h"
 #include "runtime/dispatch.h"
 #include "runtime/threads.h"
 
@@ -44,7 +45,11 @@ py::array run_unary(UnaryOp op, const py::array& x_arr) {
 
 }  // namespace
 
-void register_math(py::module_& m) {
+}  // namespace seqblocks
+
+SEQBLOCKS_BINDINGS(math) {
+  using namespace seqblocks;
+  namespace py = pybind11;
   m.def(
       "unary",
       [](const std::string& name, const py::array& x) {
@@ -54,5 +59,3 @@ void register_math(py::module_& m) {
       },
       py::arg("op"), py::arg("x").noconvert(), "y = op(x) element-wise, op in exp, tanh, sigmoid, gelu_erf, gelu_tanh");
 }
-
-}  // namespace seqblocks

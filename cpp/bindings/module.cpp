@@ -1,13 +1,17 @@
-// The compiled module seqblocks._core. One register_*() per op family; each is thin:
-// validate, release the GIL, call the dispatched kernel.
+// The compiled module seqblocks._core. Each cpp/bindings/<family>.cpp registers itself with
+// SEQBLOCKS_BINDINGS (registry.h); the bindings are thin: validate, release the GIL, call the
+// dispatched kernel.
 #include <pybind11/pybind11.h>
 
-namespace py = pybind11;
+#include <algorithm>
+
+#include "bindings/registry.h"
 
 namespace seqblocks {
-void register_runtime(py::module_& m);
-void register_gemm(py::module_& m);
-void register_math(py::module_& m);
+std::vector<std::pair<std::string, BindingsFn>>& bindings_registry() {
+  static std::vector<std::pair<std::string, BindingsFn>> registry;
+  return registry;
+}
 }  // namespace seqblocks
 
 PYBIND11_MODULE(_core, m) {
@@ -15,7 +19,7 @@ PYBIND11_MODULE(_core, m) {
 #ifdef SEQBLOCKS_VERSION
   m.attr("__version__") = SEQBLOCKS_VERSION;
 #endif
-  seqblocks::register_runtime(m);
-  seqblocks::register_gemm(m);
-  seqblocks::register_math(m);
+  auto& registry = seqblocks::bindings_registry();
+  std::sort(registry.begin(), registry.end());
+  for (const auto& [name, fn] : registry) fn(m);
 }

@@ -1,14 +1,14 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include "bindings/registry.h"
 #include "runtime/cpu_features.h"
 #include "runtime/dispatch.h"
 #include "runtime/threads.h"
 
-namespace seqblocks {
-namespace py = pybind11;
-
-void register_runtime(py::module_& m) {
+SEQBLOCKS_BINDINGS(runtime) {
+  using namespace seqblocks;
+  namespace py = pybind11;
   m.def("cpu_features", [] {
     const CpuFeatures& f = cpu_features();
     py::dict flags;
@@ -37,5 +37,3 @@ void register_runtime(py::module_& m) {
   m.def("get_num_threads", &num_threads);
   m.def("in_forked_child", &in_forked_child);
 }
-
-}  // namespace seqblocks

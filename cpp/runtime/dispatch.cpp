@@ -4,6 +4,7 @@
 #include <stdexcept>
 
 #include "runtime/cpu_features.h"
+#include "runtime/isa.h"
 
 namespace seqblocks {
 namespace {
@@ -51,5 +52,12 @@ void set_isa(const std::string& name) {
 }
 
 const KernelTable& kernels() { return *current_table().load(std::memory_order_acquire); }
+
+IsaId current_isa() {
+  const KernelTable* table = current_table().load(std::memory_order_acquire);
+  if (table == &kernel_table_avx512()) return IsaId::avx512;
+  if (table == &kernel_table_avx2()) return IsaId::avx2;
+  return IsaId::scalar;
+}
 
 }  // namespace seqblocks

@@ -5,9 +5,7 @@
 #include "math/unary.h"
 #include "runtime/kernel_table.h"
 
-#ifndef SEQBLOCKS_TARGET
-#error "SEQBLOCKS_TARGET must be defined (scalar, avx2 or avx512)"
-#endif
+#include "runtime/isa_target.h"
 
 #define SEQBLOCKS_CONCAT_(a, b) a##b
 #define SEQBLOCKS_CONCAT(a, b) SEQBLOCKS_CONCAT_(a, b)
@@ -15,12 +13,7 @@
 #define SEQBLOCKS_STR(a) SEQBLOCKS_STR_(a)
 
 namespace seqblocks {
-namespace {
-struct scalar_tag { using type = Scalar; };
-struct avx2_tag { using type = Avx2; };
-struct avx512_tag { using type = Avx512; };
-using Isa = SEQBLOCKS_CONCAT(SEQBLOCKS_TARGET, _tag)::type;
-}  // namespace
+using Isa = TargetIsa;
 
 const KernelTable& SEQBLOCKS_CONCAT(kernel_table_, SEQBLOCKS_TARGET)() {
   static const KernelTable table = {

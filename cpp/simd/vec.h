@@ -27,11 +27,9 @@
 
 #include <cstdint>
 
-namespace seqblocks {
+#include "runtime/isa.h"
 
-struct Scalar { static constexpr const char* name = "scalar"; };
-struct Avx2 { static constexpr const char* name = "avx2"; };
-struct Avx512 { static constexpr const char* name = "avx512"; };
+namespace seqblocks {
 
 template <class Isa, class T>
 struct Vec;

@@ -6,6 +6,7 @@ Layers (each talks only to the one below): ``seqblocks.ops`` (kernels over NumPy
 """
 
 from . import _core
+from ._backend import backend, get_backend, set_backend
 from ._runtime import (
     available_isas,
     cpu_info,
@@ -21,6 +22,9 @@ __version__ = getattr(_core, "__version__", "0.0.0")
 
 __all__ = [
     "available_isas",
+    "backend",
+    "get_backend",
+    "set_backend",
     "cpu_info",
     "get_isa",
     "get_num_threads",

@@ -10,7 +10,8 @@ import math
 
 import numpy as np
 
-from .. import _core
+from .. import _core, reference
+from .._backend import use_reference
 from ._checks import float_array, ndim_in, same_dtype, shape_str
 
 
@@ -35,6 +36,8 @@ def matmul(a, b) -> np.ndarray:
             f"b: expected batch size {a.shape[0]} (or 1) to match a {shape_str(a.shape)}, "
             f"got shape {shape_str(b.shape)}"
         )
+    if use_reference():
+        return reference.matmul(a, b)
     return _core.matmul(a, b)
 
 
@@ -62,6 +65,8 @@ def linear(x, weight, bias=None) -> np.ndarray:
         )
     if bias is not None and bias.shape != (out_features,):
         raise ValueError(f"bias: expected shape ({out_features},), got {shape_str(bias.shape)}")
+    if use_reference():
+        return reference.linear(x, weight, bias)
     leading = x.shape[:-1]
     y = _core.linear(x.reshape(math.prod(leading), in_features), weight, bias)
     return y.reshape(*leading, out_features)
@@ -95,4 +100,6 @@ def gemm(a, b, c=None, *, alpha: float = 1.0, beta: float = 0.0, trans_a: bool =
         c = None
     elif c is None:
         raise ValueError(f"c: expected an array of shape {shape_str((m, n))} when beta != 0, got None")
+    if use_reference():
+        return reference.gemm(a, b, c, alpha=alpha, beta=beta, trans_a=trans_a, trans_b=trans_b)
     return _core.gemm(a, b, c, float(alpha), float(beta), bool(trans_a), bool(trans_b))

@@ -9,30 +9,39 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import _core
+from .. import _core, reference
+from .._backend import use_reference
 from ._checks import float_array
+
+
+def _unary(name: str, x) -> np.ndarray:
+    x = float_array(x, "x")
+    if use_reference():
+        return getattr(reference, name)(x)
+    return _core.unary(name, x)
 
 
 def exp(x) -> np.ndarray:
     """e**x element-wise."""
-    return _core.unary("exp", float_array(x, "x"))
+    return _unary("exp", x)
 
 
 def tanh(x) -> np.ndarray:
     """tanh(x) element-wise."""
-    return _core.unary("tanh", float_array(x, "x"))
+    return _unary("tanh", x)
 
 
 def sigmoid(x) -> np.ndarray:
     """1 / (1 + e**-x) element-wise."""
-    return _core.unary("sigmoid", float_array(x, "x"))
+    return _unary("sigmoid", x)
 
 
 def gelu(x, approximate: str = "none") -> np.ndarray:
     """GELU as PyTorch defines it: ``x * Phi(x)`` (approximate="none") or
     ``0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))`` (approximate="tanh")."""
-    if approximate == "none":
-        return _core.unary("gelu_erf", float_array(x, "x"))
-    if approximate == "tanh":
-        return _core.unary("gelu_tanh", float_array(x, "x"))
-    raise ValueError(f"approximate: expected 'none' or 'tanh', got {approximate!r}")
+    if approximate not in ("none", "tanh"):
+        raise ValueError(f"approximate: expected 'none' or 'tanh', got {approximate!r}")
+    x = float_array(x, "x")
+    if use_reference():
+        return reference.gelu(x, approximate)
+    return _core.unary("gelu_erf" if approximate == "none" else "gelu_tanh", x)
