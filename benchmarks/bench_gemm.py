@@ -2,9 +2,9 @@
 
 from conftest import parametrize_cases, run
 
-from seqblocks.bench import gemm_cases
+from seqblocks._bench.cases_gemm import cases
 
 
-@parametrize_cases(gemm_cases(quick=False))
+@parametrize_cases(cases(quick=False))
 def test_gemm(benchmark, case, impl):
     run(benchmark, case, impl)

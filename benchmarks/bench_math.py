@@ -2,9 +2,9 @@
 
 from conftest import parametrize_cases, run
 
-from seqblocks.bench import math_cases
+from seqblocks._bench.cases_math import cases
 
 
-@parametrize_cases(math_cases(quick=False))
+@parametrize_cases(cases(quick=False))
 def test_math(benchmark, case, impl):
     run(benchmark, case, impl)

@@ -21,7 +21,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(seqblocks.cpu_info(), indent=2))
         return 0
     if command == "bench":
-        from . import bench
+        from . import _bench as bench
 
         return bench.main(rest)
     print(f"python -m seqblocks: unknown command {command!r}\n{usage}", file=sys.stderr)

@@ -57,3 +57,51 @@ def assert_close(actual, expected, *, magnitude=None, factor: float = 4.0, dtype
             f"actual {act64[idx]!r}, expected {exp64[idx]!r}, error {err[idx]:.3g} > bound {bound[idx]:.3g} "
             f"(factor {factor:g} x eps({dtype}) x magnitude {mag[idx]:.3g})"
         )
+
+
+def gradcheck(forward, backward, arrays, *, eps: float = 1e-6, rtol: float = 1e-6, atol: float = 1e-9,
+              seed: int = 0, what: str = "gradient") -> None:
+    """Check an ops forward/backward pair against central finite differences, in float64.
+
+    forward(*arrays) -> (out, workspace), out an array or a tuple of arrays;
+    backward(grad_out, workspace) -> one gradient per entry of ``arrays`` (None = not
+    differentiable, skipped). A random ``grad_out`` defines the scalar L = sum(out * grad_out);
+    each analytic gradient must match dL/d(array) by central differences elementwise within
+    ``atol + rtol * max|numeric|``.
+    """
+    arrays = [np.array(a, dtype=np.float64) if np.asarray(a).dtype.kind == "f" else np.asarray(a) for a in arrays]
+    rng = np.random.default_rng(seed)
+    out, workspace = forward(*arrays)
+    outs = out if isinstance(out, tuple) else (out,)
+    grad_outs = tuple(rng.standard_normal(np.shape(o)) for o in outs)
+    grads = backward(grad_outs if isinstance(out, tuple) else grad_outs[0], workspace)
+    if len(grads) != len(arrays):
+        raise AssertionError(f"{what}: backward returned {len(grads)} gradients for {len(arrays)} inputs")
+
+    def loss() -> float:
+        o, _ = forward(*arrays)
+        o = o if isinstance(o, tuple) else (o,)
+        return float(sum(np.sum(np.asarray(a, np.float64) * g) for a, g in zip(o, grad_outs)))
+
+    for index, (array, grad) in enumerate(zip(arrays, grads)):
+        if grad is None:
+            continue
+        grad = np.asarray(grad)
+        if grad.shape != array.shape:
+            raise AssertionError(f"{what}: gradient {index} has shape {grad.shape}, input has {array.shape}")
+        numeric = np.zeros_like(array)
+        flat, num_flat = array.reshape(-1), numeric.reshape(-1)
+        for i in range(flat.size):
+            saved = flat[i]
+            flat[i] = saved + eps
+            plus = loss()
+            flat[i] = saved - eps
+            minus = loss()
+            flat[i] = saved
+            num_flat[i] = (plus - minus) / (2 * eps)
+        bound = atol + rtol * max(float(np.abs(numeric).max(initial=0.0)), 1.0)
+        err = np.abs(grad - numeric)
+        if not (err <= bound).all():
+            i = np.unravel_index(np.argmax(err), err.shape)
+            raise AssertionError(f"{what}: input {index} at {tuple(i)}: analytic {grad[i]!r}, numeric {numeric[i]!r}, "
+                                 f"error {err[i]:.3g} > {bound:.3g}")

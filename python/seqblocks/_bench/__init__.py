@@ -1,5 +1,9 @@
 """``python -m seqblocks bench``: seqblocks vs NumPy vs PyTorch, same thread count, as a table.
 
+The cases live in ``cases_<family>.py`` modules of this package (each defines
+``cases(quick: bool) -> list[Case]``); ``benchmarks/bench_<family>.py`` runs the same cases under
+pytest-benchmark.
+
 Every thread count runs in its own child process, with ``OMP_NUM_THREADS``,
 ``OPENBLAS_NUM_THREADS`` and ``MKL_NUM_THREADS`` set to it (BLAS libraries read them once at load)
 and with ``OPENBLAS_CORETYPE``/``OPENBLAS_L2_SIZE`` removed (they slow NumPy's OpenBLAS on some
@@ -15,7 +19,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import importlib
 import os
+import pkgutil
 import platform
 import statistics
 import subprocess
@@ -36,7 +42,8 @@ class Case:
     impls: dict[str, Callable[[], object]]  # "seqblocks", "numpy", "torch" -> zero-arg callable
 
 
-def _torch():
+def torch_or_none():
+    """torch if installed, else None (benchmark columns for torch are then left out)."""
     try:
         import torch
     except ImportError:
@@ -44,63 +51,14 @@ def _torch():
     return torch
 
 
-def gemm_cases(quick: bool) -> list[Case]:
-    import seqblocks
-
-    torch = _torch()
-    rng = np.random.default_rng(0)
-    cases = []
-    sizes32 = [256, 512] if quick else [256, 512, 1024, 2048]
-    sizes64 = [256] if quick else [256, 512, 1024]
-    for dtype, sizes in ((np.float32, sizes32), (np.float64, sizes64)):
-        for n in sizes:
-            a = rng.standard_normal((n, n)).astype(dtype)
-            b = rng.standard_normal((n, n)).astype(dtype)
-            impls = {"seqblocks": lambda a=a, b=b: seqblocks.ops.matmul(a, b), "numpy": lambda a=a, b=b: a @ b}
-            if torch is not None:
-                ta, tb = torch.from_numpy(a), torch.from_numpy(b)
-                impls["torch"] = lambda ta=ta, tb=tb: ta @ tb
-            cases.append(Case("gemm", f"matmul {np.dtype(dtype).name} {n}x{n}x{n}", 2.0 * n**3, impls))
-    for rows in [1, 4, 16, 64]:
-        x = rng.standard_normal((rows, 512)).astype(np.float32)
-        w = rng.standard_normal((2048, 512)).astype(np.float32)
-        bias = rng.standard_normal(2048).astype(np.float32)
-        impls = {"seqblocks": lambda x=x, w=w, b=bias: seqblocks.ops.linear(x, w, b),
-                 "numpy": lambda x=x, w=w, b=bias: x @ w.T + b}
-        if torch is not None:
-            tx, tw, tbias = torch.from_numpy(x), torch.from_numpy(w), torch.from_numpy(bias)
-            impls["torch"] = lambda tx=tx, tw=tw, tb=tbias: torch.nn.functional.linear(tx, tw, tb)
-        cases.append(Case("linear", f"linear float32 x({rows},512) W(2048,512)+b", 2.0 * rows * 512 * 2048, impls))
-    return cases
-
-
-def math_cases(quick: bool) -> list[Case]:
-    import seqblocks
-
-    torch = _torch()
-    n = 1 << 20
-    x = np.random.default_rng(0).uniform(-6, 6, n).astype(np.float32)
-    tx = torch.from_numpy(x) if torch is not None else None
-    table = [
-        ("exp", lambda: seqblocks.ops.exp(x), lambda: np.exp(x), lambda: torch.exp(tx)),
-        ("tanh", lambda: seqblocks.ops.tanh(x), lambda: np.tanh(x), lambda: torch.tanh(tx)),
-        ("sigmoid", lambda: seqblocks.ops.sigmoid(x), lambda: 1 / (1 + np.exp(-x)), lambda: torch.sigmoid(tx)),
-        ("gelu (erf)", lambda: seqblocks.ops.gelu(x), None, lambda: torch.nn.functional.gelu(tx)),
-        ("gelu (tanh)", lambda: seqblocks.ops.gelu(x, approximate="tanh"), None,
-         lambda: torch.nn.functional.gelu(tx, approximate="tanh")),
-    ]
-    cases = []
-    for name, ours, numpy_impl, torch_impl in table:
-        impls = {"seqblocks": ours}
-        if numpy_impl is not None:
-            impls["numpy"] = numpy_impl
-        if torch is not None:
-            impls["torch"] = torch_impl
-        cases.append(Case("math", f"{name} float32 n=2^20", 0.0, impls))
-    return cases
-
-
-FAMILIES = {"gemm": gemm_cases, "math": math_cases}
+def families() -> dict[str, Callable[[bool], list[Case]]]:
+    """Every ``cases_<family>.py`` in this package, as family -> cases(quick)."""
+    found = {}
+    for info in pkgutil.iter_modules(__path__):
+        if info.name.startswith("cases_"):
+            module = importlib.import_module(f"{__name__}.{info.name}")
+            found[info.name[len("cases_"):]] = module.cases
+    return dict(sorted(found.items()))
 
 
 def time_case(case: Case, rounds: int, min_sample_s: float = 0.02) -> dict[str, float]:
@@ -128,14 +86,15 @@ def _machine_line() -> str:
     info = seqblocks.cpu_info()
     return (f"{info['brand'] or platform.processor()} | isa {info['isa']} | "
             f"{datetime.date.today().isoformat()} | python {platform.python_version()} | numpy {np.__version__}"
-            + (f" | torch {_torch().__version__}" if _torch() is not None else ""))
+            + (f" | torch {torch_or_none().__version__}" if torch_or_none() is not None else ""))
 
 
-def run_worker(threads: int, families: list[str], quick: bool, rounds: int) -> None:
+def run_worker(threads: int, selected: list[str], quick: bool, rounds: int) -> None:
     import seqblocks
 
     seqblocks.set_num_threads(threads)
-    torch = _torch()
+    all_families = families()
+    torch = torch_or_none()
     if torch is not None:
         torch.set_num_threads(threads)
     print(f"\n## threads = {threads}\n")
@@ -143,8 +102,8 @@ def run_worker(threads: int, families: list[str], quick: bool, rounds: int) -> N
     header = "| case | seqblocks ms | GFLOP/s | numpy ms | numpy/ours | torch ms | torch/ours |"
     print(header)
     print("|" + "---|" * (header.count("|") - 1))
-    for family in families:
-        for case in FAMILIES[family](quick):
+    for family in selected:
+        for case in all_families[family](quick):
             t = time_case(case, rounds)
             ours = t["seqblocks"]
             gflops = f"{case.flops / ours / 1e9:.1f}" if case.flops else "-"
@@ -164,20 +123,21 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m seqblocks bench", description=__doc__.splitlines()[0])
     parser.add_argument("--threads", default="1,2", help="comma-separated thread counts (default 1,2)")
     parser.add_argument("--quick", action="store_true", help="small sizes and few rounds (about a minute)")
-    parser.add_argument("--only", default=",".join(FAMILIES), help=f"families to run: {', '.join(FAMILIES)}")
+    all_families = families()
+    parser.add_argument("--only", default=",".join(all_families), help=f"families to run: {', '.join(all_families)}")
     parser.add_argument("--rounds", type=int, default=None, help="alternating rounds per case (median taken)")
     parser.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
-    families = [f.strip() for f in args.only.split(",") if f.strip()]
-    unknown = [f for f in families if f not in FAMILIES]
+    selected = [f.strip() for f in args.only.split(",") if f.strip()]
+    unknown = [f for f in selected if f not in all_families]
     if unknown:
-        parser.error(f"--only: expected names from {', '.join(FAMILIES)}, got {', '.join(unknown)}")
+        parser.error(f"--only: expected names from {', '.join(all_families)}, got {', '.join(unknown)}")
     rounds = args.rounds if args.rounds is not None else (5 if args.quick else 11)
     if rounds < 1:
         parser.error(f"--rounds: expected an int >= 1, got {rounds}")
     if args.worker is not None:
-        run_worker(args.worker, families, args.quick, rounds)
+        run_worker(args.worker, selected, args.quick, rounds)
         return 0
     try:
         thread_counts = [int(t) for t in args.threads.split(",") if t.strip()]
@@ -194,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
             env.pop(var, None)
         for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
             env[var] = str(threads)
-        cmd = [sys.executable, "-m", "seqblocks", "bench", "--worker", str(threads), "--only", ",".join(families),
+        cmd = [sys.executable, "-m", "seqblocks", "bench", "--worker", str(threads), "--only", ",".join(selected),
                "--rounds", str(rounds)] + (["--quick"] if args.quick else [])
         result = subprocess.run(cmd, env=env)
         if result.returncode != 0:
