@@ -192,3 +192,56 @@ def test_backend_switch_and_context():
         assert seqblocks.get_backend() == "numpy"
     finally:
         seqblocks.set_backend("native")
+
+
+_NO_AVX512_SMOKE = """
+import numpy as np
+import seqblocks
+from seqblocks import ops
+info = seqblocks.cpu_info()
+assert "avx512" not in info["available_isas"], info
+rng = np.random.default_rng(0)
+for dtype in (np.float32, np.float64):
+    for m, n, k in [(1, 2048, 512), (70, 50, 33), (130, 150, 140)]:
+        a = rng.standard_normal((m, k)).astype(dtype)
+        b = rng.standard_normal((k, n)).astype(dtype)
+        assert np.allclose(ops.matmul(a, b), a @ b, rtol=1e-3, atol=1e-3)
+        assert np.allclose(ops.linear(a, b.T), a @ b, rtol=1e-3, atol=1e-3)
+    x = np.linspace(-5, 5, 1001).astype(dtype)
+    assert np.allclose(ops.exp(x), np.exp(x), rtol=1e-5)
+    assert np.allclose(ops.tanh(x), np.tanh(x), rtol=1e-5, atol=1e-6)
+    for f in (ops.sigmoid, ops.gelu):
+        f(x)
+    ops.gelu(x, approximate="tanh")
+print(info["isa"])
+"""
+
+
+def _valgrind_python(code, env_updates=None):
+    import shutil
+
+    valgrind = shutil.which("valgrind")
+    if valgrind is None:
+        pytest.skip("valgrind is not installed")
+    env = dict(os.environ)
+    env.pop("SEQBLOCKS_ISA", None)
+    env.update(env_updates or {})
+    return subprocess.run([valgrind, "--tool=none", "-q", sys.executable, "-c", textwrap.dedent(code)],
+                          capture_output=True, text=True, env=env, timeout=600)
+
+
+def test_same_build_runs_on_a_cpu_without_avx512():
+    """valgrind reports a CPU without AVX-512 (and traps on any AVX-512 instruction), so this runs the
+    shipped module as it would run on an AVX2-only machine: dispatch must pick avx2 and no AVX-512
+    code may leak into shared functions."""
+    result = _valgrind_python(_NO_AVX512_SMOKE)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip().splitlines()[-1] == "avx2"
+
+
+def test_isa_env_falls_back_on_a_cpu_without_avx512():
+    code = "import seqblocks; print(seqblocks.get_isa())"
+    result = _valgrind_python(code, {"SEQBLOCKS_ISA": "avx512"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip() == "avx2"
+    assert "SEQBLOCKS_ISA='avx512': this CPU cannot run 'avx512'; using 'avx2'" in result.stderr
