@@ -249,3 +249,9 @@ def test_binding_checks_the_contract_too(rng):
     np.testing.assert_array_equal(base, before)
     np.testing.assert_array_equal(p, before[:16])
     assert (m == 0).all()
+
+
+def test_empty_arrays(isa):
+    p, g, m, v = (np.zeros((0, 3), np.float32) for _ in range(4))
+    ops.adam_step_(p, g, m, v, None, step=1, **ADAM_DEFAULTS)
+    ops.sgd_step_(p, g, m, lr=0.1, momentum=0.9, first_step=True)

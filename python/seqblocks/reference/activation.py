@@ -35,8 +35,9 @@ def relu_forward(x: np.ndarray, *, needs_grad: bool = True):
     return y, (y if needs_grad else None)
 
 
-def relu_backward(grad_output: np.ndarray, y: np.ndarray):
-    """dx = dy where y > 0 or y is NaN, else 0 (PyTorch's threshold_backward)."""
+def relu_backward(grad_output: np.ndarray, workspace):
+    """dx = dy where y > 0 or y is NaN, else 0 (PyTorch's threshold_backward). Workspace: y."""
+    y = workspace
     return (np.where(y <= 0, grad_output.dtype.type(0), grad_output).astype(grad_output.dtype),)
 
 
@@ -48,6 +49,7 @@ def gelu_forward(x: np.ndarray, approximate: str = "none", *, needs_grad: bool =
 
 
 def gelu_backward(grad_output: np.ndarray, workspace):
+    """dx = dy gelu'(x). Workspace: (x, approximate)."""
     x, approximate = workspace
     w = _wide(x)
     if approximate == "none":
@@ -70,8 +72,9 @@ def tanh_forward(x: np.ndarray, *, needs_grad: bool = True):
     return y, (y if needs_grad else None)
 
 
-def tanh_backward(grad_output: np.ndarray, y: np.ndarray):
-    w = _wide(y)
+def tanh_backward(grad_output: np.ndarray, workspace):
+    """dx = dy (1 - y^2). Workspace: y."""
+    w = _wide(workspace)
     return ((_wide(grad_output) * (1.0 - w * w)).astype(grad_output.dtype),)
 
 
@@ -81,6 +84,7 @@ def sigmoid_forward(x: np.ndarray, *, needs_grad: bool = True):
     return y, (y if needs_grad else None)
 
 
-def sigmoid_backward(grad_output: np.ndarray, y: np.ndarray):
-    w = _wide(y)
+def sigmoid_backward(grad_output: np.ndarray, workspace):
+    """dx = dy y (1 - y). Workspace: y."""
+    w = _wide(workspace)
     return ((_wide(grad_output) * w * (1.0 - w)).astype(grad_output.dtype),)
