@@ -119,3 +119,9 @@ def test_twin_signatures():
         assert [(p.name, p.kind, p.default) for p in ours.parameters.values()] == \
             [(p.name, p.kind, p.default) for p in twin.parameters.values()], name
         assert name in ops.__all__ and name in seqblocks.reference.__all__
+
+
+def test_zero_dimensional():
+    y, ws = ops.add_forward(np.array(2.0), np.array(3.0))
+    da, db = ops.add_backward(np.array(1.5), ws)
+    assert y.shape == () and y == 5.0 and da.shape == () and db.shape == () and db == 1.5
