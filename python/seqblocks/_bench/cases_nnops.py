@@ -1,6 +1,7 @@
 """Benchmark cases: ops pairs forward + backward and optimizer steps (float32).
 
-Activations on 4096 x 512 (forward + backward), dropout and the residual add with a bias-shaped b on
+The linear pair at a small size (its GEMM is being replaced; the size grows with it), activations
+on 4096 x 512 (forward + backward, and backward alone), dropout and the residual add with a bias-shaped b on
 the same size, an embedding of 4096 tokens into a 32000 x 512 table (forward + backward), and one
 Adam / SGD-momentum step on 10M parameters. PyTorch runs its own kernels without the autograd tape
 (the aten backward functions and the fused CPU Adam), so the comparison is kernel against kernel.
@@ -124,9 +125,29 @@ def _other_cases(rows, cols, tokens, vocab, params, torch):
     return cases
 
 
+def _linear_case(rows, n_in, n_out, torch):
+    """Linear pair forward + backward (3 GEMMs: 6 * rows * in * out flops)."""
+    from seqblocks import ops
+
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((rows, n_in)).astype(np.float32)
+    w = rng.standard_normal((n_out, n_in)).astype(np.float32)
+    b = rng.standard_normal(n_out).astype(np.float32)
+    dy = rng.standard_normal((rows, n_out)).astype(np.float32)
+    impls = {
+        "seqblocks": lambda: ops.linear_backward(dy, ops.linear_forward(x, w, b)[1]),
+        "numpy": lambda: (x @ w.T + b, dy @ w, dy.T @ x, dy.sum(0)),
+    }
+    if torch is not None:
+        tx, tw, tb, tdy = (torch.from_numpy(a) for a in (x, w, b, dy))
+        impls["torch"] = lambda: (torch.nn.functional.linear(tx, tw, tb), tdy @ tw, tdy.T @ tx, tdy.sum(0))
+    return Case("nnops", f"linear fwd+bwd {rows}x{n_in} -> {n_out}", 6.0 * rows * n_in * n_out, impls)
+
+
 def cases(quick: bool) -> list[Case]:
     torch = torch_or_none()
     rows, cols = (1024, 512) if quick else (4096, 512)
     params = 1_000_000 if quick else 10_000_000
     with np.errstate(over="ignore"):
-        return _activation_cases(rows, cols, torch) + _other_cases(rows, cols, rows, 32000, params, torch)
+        return ([_linear_case(64, 256, 256, torch)] + _activation_cases(rows, cols, torch)
+                + _other_cases(rows, cols, rows, 32000, params, torch))
