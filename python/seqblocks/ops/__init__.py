@@ -14,3 +14,15 @@ from .cross_entropy import cross_entropy_backward, cross_entropy_forward
 
 __all__ += ["layer_norm_forward", "layer_norm_backward", "softmax_forward", "softmax_backward",
             "log_softmax_forward", "log_softmax_backward", "cross_entropy_forward", "cross_entropy_backward"]
+from .activation import (gelu_backward, gelu_forward, relu_backward, relu_forward, sigmoid_backward,
+                         sigmoid_forward, tanh_backward, tanh_forward)
+from .dropout import dropout_backward, dropout_forward
+from .elementwise import add_backward, add_forward
+from .embedding import embedding_backward, embedding_forward
+from .linear_pair import linear_backward, linear_forward
+from .optim import adam_step_, sgd_step_
+
+__all__ += ["add_backward", "add_forward", "adam_step_", "dropout_backward", "dropout_forward",
+            "embedding_backward", "embedding_forward", "gelu_backward", "gelu_forward", "linear_backward",
+            "linear_forward", "relu_backward", "relu_forward", "sgd_step_", "sigmoid_backward", "sigmoid_forward",
+            "tanh_backward", "tanh_forward"]

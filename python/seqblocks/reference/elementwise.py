@@ -1,0 +1,23 @@
+"""NumPy reference for the residual add pair: y = a + b, b broadcast to a's shape."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def broadcast_axes(a_shape: tuple, b_shape: tuple) -> tuple[int, ...]:
+    """Axes of a's shape over which b (left-padded with 1s) is broadcast."""
+    padded = (1,) * (len(a_shape) - len(b_shape)) + tuple(b_shape)
+    return tuple(i for i, (da, db) in enumerate(zip(a_shape, padded)) if db == 1 and da != 1)
+
+
+def add_forward(a: np.ndarray, b: np.ndarray, *, needs_grad: bool = True):
+    """y = a + b. Workspace: (a.shape, b.shape)."""
+    return a + b, ((a.shape, b.shape) if needs_grad else None)
+
+
+def add_backward(grad_output: np.ndarray, workspace):
+    """(da = dy, db = dy summed over the broadcast axes, reshaped to b's shape)."""
+    a_shape, b_shape = workspace
+    db = grad_output.sum(axis=broadcast_axes(a_shape, b_shape))
+    return grad_output.copy(), np.asarray(db, dtype=grad_output.dtype).reshape(b_shape)
