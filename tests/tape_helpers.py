@@ -38,3 +38,17 @@ def tape_gradcheck(fn, *arrays, what="tape gradient", differentiable=None, **kwa
 
 def to_numpy(t):
     return t.detach().cpu().numpy()
+
+
+def assert_same(actual, expected, k: int = 1, what: str = "result"):
+    """Two float32 (or float64) computations of the same quantity, each rounding a ``k``-term
+    sum: policy of ``assert_close`` with magnitude |expected| + rms(expected) (the size of the
+    terms that were added, where results cancel) and factor ``2 * sum_factor(k)`` (both sides
+    carry rounding error)."""
+    from seqblocks.testing import assert_close, sum_factor
+
+    actual = np.asarray(actual)
+    expected = np.asarray(expected)
+    e64 = expected.astype(np.float64)
+    rms = float(np.sqrt(np.mean(e64 ** 2))) if e64.size else 0.0
+    assert_close(actual, expected, magnitude=np.abs(e64) + rms, factor=2 * sum_factor(k), what=what)

@@ -257,13 +257,9 @@ def cross_entropy(input, target, weight=None, ignore_index: int = -100, reductio
     C) or class probabilities (floats, input's shape). With ``reduction="mean"`` and every target
     equal to ``ignore_index`` the result is 0 with zero gradient (PyTorch: NaN).
     """
-    if reduction not in ("none", "mean", "sum"):
-        raise ValueError(f"reduction: expected 'none', 'mean' or 'sum', got {reduction!r}")
-    if not 0.0 <= label_smoothing <= 1.0:
-        raise ValueError(f"label_smoothing: expected a value in [0, 1], got {label_smoothing}")
     if isinstance(target, Tensor) and target.requires_grad:
         raise NotImplementedError("cross_entropy: gradients with respect to target are not supported")
     if isinstance(weight, Tensor) and weight.requires_grad:
         raise NotImplementedError("cross_entropy: gradients with respect to weight are not supported")
-    return _CrossEntropy.apply(input, target, weight, int(ignore_index), reduction, float(label_smoothing))
+    return _CrossEntropy.apply(input, target, weight, ignore_index, reduction, label_smoothing)
 
