@@ -171,7 +171,10 @@ class _Reader:
         if not isinstance(entry, str) or entry not in self.entries:
             self.fail(f"array entry {entry!r} is missing")
         with self.zf.open(entry) as f:
-            return np.lib.format.read_array(f, allow_pickle=False)
+            arr = np.lib.format.read_array(f, allow_pickle=False)
+            if f.read(1):  # reading to the end also makes zipfile verify the entry's CRC-32
+                self.fail(f"array entry {entry!r} has trailing bytes")
+            return arr
 
     def node(self, node: Any, depth: int = 0):
         if depth > _MAX_DEPTH + 2:
