@@ -450,8 +450,12 @@ def _is_advanced(key) -> bool:
 class _Context:
     """The ``ctx`` of one ``Function.apply`` call, and the graph node of its outputs."""
 
-    __slots__ = ("saved_tensors", "needs_input_grad", "needs_grad", "_fn", "_edges", "_out_meta",
-                 "_freed", "_non_diff", "__dict__", "__weakref__")
+    __slots__ = ("needs_input_grad", "needs_grad", "_fn", "_edges", "_out_meta", "_freed", "__dict__",
+                 "__weakref__")
+    # Defaults read from the class until set (they then live in the instance __dict__, which
+    # freeing the node clears).
+    saved_tensors = ()
+    _non_diff = None
 
     def save_for_backward(self, *arrays) -> None:
         self.saved_tensors = arrays
@@ -535,40 +539,43 @@ class Function:
     def apply(cls, *args):
         ctx = _Context()
         ctx._fn = cls
-        ctx._non_diff = None
-        ctx.saved_tensors = ()
         arrays = []
         needs = []
+        edges = []
         requires = False
         grad_on = _grad_mode.enabled
         for a in args:
             if isinstance(a, Tensor):
                 arrays.append(a.data)
-                r = grad_on and a._requires_grad
-                needs.append(r)
-                requires = requires or r
+                if grad_on and a._requires_grad:
+                    requires = True
+                    needs.append(True)
+                    node = a._node
+                    edges.append((a, 0, a.data.shape) if node is None else (node, a._index, a.data.shape))
+                    continue
             else:
                 arrays.append(a)
-                needs.append(False)
+            needs.append(False)
+            edges.append(None)
         ctx.needs_input_grad = tuple(needs)
         ctx.needs_grad = requires
         out = cls.forward(ctx, *arrays)
         if requires:
-            edges = []
-            for a, r in zip(args, needs):
-                if r:
-                    node = a._node
-                    if node is None:
-                        edges.append((a, 0, a.data.shape))
-                    else:
-                        edges.append((node, a._index, a.data.shape))
-                else:
-                    edges.append(None)
             ctx._edges = edges
             ctx._freed = False
             ctx._out_meta = None
-        else:
-            ctx.saved_tensors = ()
+        if type(out) is np.ndarray and ctx._non_diff is None:  # the common case, inlined
+            t = Tensor.__new__(Tensor)
+            t.data = out
+            t.grad = None
+            t._index = 0
+            if requires and out.dtype.kind == "f":
+                t._requires_grad = True
+                t._node = ctx
+            else:
+                t._requires_grad = False
+                t._node = None
+            return t
         return _wrap(out, ctx, requires)
 
 
@@ -681,7 +688,7 @@ def backward(tensors: Sequence[Tensor], grad_tensors=None, retain_graph: bool | 
         node = ready.pop()
         slots = grads.pop(node, None)
         edges = node._edges
-        if slots is None or all(s is None for s in slots):
+        if slots is None or (slots[0] is None if len(slots) == 1 else all(s is None for s in slots)):
             in_grads = (None,) * len(edges)
         else:
             meta = node._out_meta
@@ -697,17 +704,16 @@ def backward(tensors: Sequence[Tensor], grad_tensors=None, retain_graph: bool | 
                                    f"(expected {len(edges)}, got {len(in_grads)})")
         if not retain:
             node._freed = True
-            node.saved_tensors = None
-            node.__dict__.clear()
-        for i, (e, g) in enumerate(zip(edges, in_grads)):
+            node.__dict__.clear()  # saved arrays, workspaces and user attributes
+        i = -1
+        for e, g in zip(edges, in_grads):
+            i += 1
             if e is None:
                 continue
             target, index, shape = e
             if g is not None:
-                if isinstance(g, Tensor):
-                    g = g.data
-                elif not isinstance(g, np.ndarray):
-                    g = np.asarray(g)
+                if type(g) is not np.ndarray:
+                    g = g.data if isinstance(g, Tensor) else np.asarray(g)
                 if g.shape != shape:
                     raise RuntimeError(f"function {node.name()} returned an invalid gradient at index {i} - "
                                        f"got shape {g.shape} but expected shape {shape}")
@@ -745,7 +751,8 @@ def _unbroadcast(g: np.ndarray, shape: tuple) -> np.ndarray:
 class _Add(Function):
     @staticmethod
     def forward(ctx, a, b):
-        ctx.shapes = (np.shape(a), np.shape(b))
+        if ctx.needs_grad:
+            ctx.shapes = (np.shape(a), np.shape(b))
         return np.add(a, b)
 
     @staticmethod
@@ -758,7 +765,8 @@ class _Add(Function):
 class _Sub(Function):
     @staticmethod
     def forward(ctx, a, b):
-        ctx.shapes = (np.shape(a), np.shape(b))
+        if ctx.needs_grad:
+            ctx.shapes = (np.shape(a), np.shape(b))
         return np.subtract(a, b)
 
     @staticmethod
@@ -893,7 +901,9 @@ class _Sum(Function):
     def backward(ctx, g):
         if ctx.dims is not None and not ctx.keepdim:
             g = np.expand_dims(g, ctx.dims)
-        return np.broadcast_to(g, ctx.shape), None, None
+        out = np.empty(ctx.shape, g.dtype)  # cheaper than np.broadcast_to, and writable
+        out[...] = g
+        return out, None, None
 
 
 class _Mean(Function):
@@ -910,7 +920,9 @@ class _Mean(Function):
         count = math.prod(shape) if ctx.dims is None else math.prod(shape[d] for d in ctx.dims)
         if ctx.dims is not None and not ctx.keepdim:
             g = np.expand_dims(g, ctx.dims)
-        return np.broadcast_to(g / max(count, 1), shape), None, None
+        out = np.empty(shape, g.dtype)
+        out[...] = g / max(count, 1)
+        return out, None, None
 
 
 class _Reshape(Function):
