@@ -348,3 +348,19 @@ def test_end_to_end_training_float32_matches_torch():
     for name in ("native", "numpy"):
         np.testing.assert_allclose(losses[name], losses["torch"], rtol=1e-4, err_msg=name)
     np.testing.assert_allclose(losses["native"], losses["numpy"], rtol=1e-4)
+
+
+@pytest.mark.parametrize("cls,kw", [("Adam", dict(lr=1e-2, amsgrad=True)), ("SGD", dict(lr=0.1, momentum=0.9))])
+def test_torch_optimizer_state_loads_and_continues(cls, kw):
+    rng = np.random.default_rng(5)
+    ours, theirs = make_params(rng)
+    topt = getattr(torch.optim, cls)(theirs, **kw)
+    for _ in range(3):
+        for tp in theirs:
+            tp.grad = torch.from_numpy(rng.standard_normal(tuple(tp.shape)).astype(np.float32))
+        topt.step()
+    for p, tp in zip(ours, theirs):
+        p.data[...] = tp.detach().numpy()
+    opt = getattr(optim, cls)(ours, **kw)
+    opt.load_state_dict(topt.state_dict())  # torch tensors and a tensor step count are converted
+    run_steps(opt, topt, ours, theirs, rng, steps=3)
