@@ -225,3 +225,27 @@ def test_adam_bad_scalars_and_strided_grad(rng):
         ops.adam_step_(p, g, m, v, None, step=1, lr=1e-3, beta1=0.9, beta2=1.0, eps=1e-8)
     with pytest.raises(ValueError, match="max_exp_avg_sq: expected an array of param's shape when amsgrad=True"):
         ops.adam_step_(p, g, m, v, None, step=1, amsgrad=True, **ADAM_DEFAULTS)
+
+
+def test_binding_checks_the_contract_too(rng):
+    """The compiled functions check the in-place contract themselves (not only the Python layer)."""
+    core = seqblocks._core
+    base = rng.standard_normal(32).astype(np.float32)
+    before = base.copy()
+    g = np.ones(16, np.float32)
+    with pytest.raises(ValueError, match="param: expected a C-contiguous array"):
+        core.sgd_step_(base[::2], g, None, lr=0.1, first_step=True)
+    m, v = np.zeros(16, np.float32), np.zeros(16, np.float32)
+    v.flags.writeable = False
+    p = base[:16].copy()
+    with pytest.raises(ValueError, match="exp_avg_sq: expected a writable array"):
+        core.adam_step_(p, g, m, v, None, step=1, lr=0.1, beta1=0.9, beta2=0.999, eps=1e-8)
+    with pytest.raises(TypeError, match="exp_avg: expected the dtype of param"):
+        core.adam_step_(p, g, np.zeros(16), np.zeros(16, np.float32), None, step=1, lr=0.1, beta1=0.9,
+                        beta2=0.999, eps=1e-8)
+    with pytest.raises(ValueError, match="max_exp_avg_sq: expected an array of param's shape when amsgrad=True"):
+        core.adam_step_(p, g, m, np.zeros(16, np.float32), None, step=1, lr=0.1, beta1=0.9, beta2=0.999, eps=1e-8,
+                        amsgrad=True)
+    np.testing.assert_array_equal(base, before)
+    np.testing.assert_array_equal(p, before[:16])
+    assert (m == 0).all()

@@ -20,7 +20,7 @@ from .linear_pair import check_grad_output
 
 def _forward(name: str, x, needs_grad: bool, keep: str):
     x = float_array(x, "x")
-    if use_reference() or not hasattr(_core, "activation_backward"):  # TODO native
+    if use_reference():
         return getattr(reference, f"{name}_forward")(x, needs_grad=needs_grad)
     x = np.ascontiguousarray(x)
     y = _core.activation_forward(name, x)
@@ -30,7 +30,7 @@ def _forward(name: str, x, needs_grad: bool, keep: str):
 
 
 def _backward(name: str, grad_output, workspace):
-    if use_reference() or not hasattr(_core, "activation_backward"):  # TODO native
+    if use_reference():
         saved = workspace[0] if isinstance(workspace, tuple) else workspace
         dy = check_grad_output(grad_output, saved.shape, saved.dtype)
         return getattr(reference, f"{name}_backward")(dy, workspace)
@@ -54,7 +54,7 @@ def gelu_forward(x, approximate: str = "none", *, needs_grad: bool = True):
     if approximate not in ("none", "tanh"):
         raise ValueError(f"approximate: expected 'none' or 'tanh', got {approximate!r}")
     x = float_array(x, "x")
-    if use_reference() or not hasattr(_core, "activation_backward"):  # TODO native
+    if use_reference():
         return reference.gelu_forward(x, approximate, needs_grad=needs_grad)
     name = "gelu_erf" if approximate == "none" else "gelu_tanh"
     x = np.ascontiguousarray(x)

@@ -9,11 +9,12 @@ Defined where PyTorch gives NaN: ``reduction="mean"`` with no counted target (al
 
 from __future__ import annotations
 
+import math
 import operator
 
 import numpy as np
 
-from .. import reference
+from .. import _core, reference
 from .._backend import use_reference
 from ._checks import float_array, same_dtype, shape_str
 from .layer_norm import _check_workspace
@@ -82,9 +83,39 @@ def cross_entropy_forward(input, target, weight=None, ignore_index=-100, reducti
     Returns (loss, workspace or None); loss is 0-d for "mean"/"sum", per target for "none".
     """
     args = _check_forward(input, target, weight, ignore_index, reduction, label_smoothing)
-    # TODO native
-    loss, ws = reference.cross_entropy_forward(*args, needs_grad=needs_grad)
-    return loss, ws
+    input, target, weight, ignore_index, reduction, label_smoothing = args
+    if use_reference() or input.size == 0:  # empty: nothing to compute, the reference gives the shapes
+        return reference.cross_entropy_forward(*args, needs_grad=needs_grad)
+    probs = target.dtype.kind == "f"
+    x_rows = _to_rows(input)
+    t_rows = None if probs else np.ascontiguousarray(target, np.int64).reshape(x_rows.shape[0])
+    q_rows = _to_rows(target) if probs else None
+    w = None if weight is None else np.ascontiguousarray(weight)
+    row_loss, row_max, row_logsum, row_qw = _core.cross_entropy_forward(
+        x_rows, t_rows, q_rows, w, ignore_index, label_smoothing, bool(needs_grad))
+    rows = x_rows.shape[0]
+    if probs:
+        counted, denom = rows > 0, float(rows)
+    else:
+        mask = t_rows != ignore_index
+        counted = bool(mask.any())
+        denom = float(mask.sum()) if w is None else float(w.astype(np.float64)[t_rows[mask]].sum())
+    loss_shape = () if input.ndim == 1 else (input.shape[0],) + input.shape[2:]
+    if reduction == "none":
+        loss = row_loss.reshape(loss_shape).astype(input.dtype)
+    elif reduction == "sum":
+        loss = np.asarray(row_loss.sum(), input.dtype)
+    elif not counted:
+        loss = np.zeros((), input.dtype)  # documented: PyTorch returns NaN
+    else:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            loss = np.asarray(row_loss.sum() / denom, input.dtype)
+    if not needs_grad:
+        return loss, None
+    return loss, {"op": "cross_entropy", "backend": "native", "x_rows": x_rows, "t_rows": t_rows, "q_rows": q_rows,
+                  "w": w, "ignore_index": ignore_index, "smoothing": label_smoothing, "row_max": row_max,
+                  "row_logsum": row_logsum, "row_qw": row_qw, "reduction": reduction, "counted": counted,
+                  "denom": denom, "loss_shape": loss.shape, "shape": input.shape, "dtype": input.dtype}
 
 
 def cross_entropy_backward(grad_output, workspace):
@@ -97,5 +128,39 @@ def cross_entropy_backward(grad_output, workspace):
     if g.shape != workspace["loss_shape"]:
         raise ValueError(f"grad_output: expected shape {shape_str(workspace['loss_shape'])} (the loss), "
                          f"got {shape_str(g.shape)}")
-    # TODO native
-    return reference.cross_entropy_backward(g, workspace)
+    if workspace["backend"] == "numpy":
+        return reference.cross_entropy_backward(g, workspace)
+    ws = workspace
+    grad_rows, scale = None, 1.0
+    if ws["reduction"] == "none":
+        grad_rows = np.ascontiguousarray(g).reshape(ws["x_rows"].shape[0])
+    elif ws["reduction"] == "sum":
+        scale = float(g)
+    elif ws["counted"]:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            scale = float(np.float64(g) / ws["denom"])
+    else:
+        scale = 0.0
+    dx_rows = _core.cross_entropy_backward(ws["x_rows"], ws["t_rows"], ws["q_rows"], ws["w"], ws["ignore_index"],
+                                           ws["smoothing"], ws["row_max"], ws["row_logsum"], ws["row_qw"],
+                                           grad_rows, scale)
+    return _from_rows(dx_rows, ws["shape"]), None, None
+
+
+def _to_rows(a: np.ndarray) -> np.ndarray:
+    """(C,), (N, C) or (N, C, d1, ...) as a C-contiguous (rows, C) matrix, rows in (n, d1, ...) order."""
+    if a.ndim == 1:
+        return np.ascontiguousarray(a).reshape(1, a.shape[0])
+    if a.ndim == 2:
+        return np.ascontiguousarray(a)
+    n, c = a.shape[0], a.shape[1]
+    s = math.prod(a.shape[2:])
+    return np.ascontiguousarray(a.reshape(n, c, s).transpose(0, 2, 1)).reshape(n * s, c)
+
+
+def _from_rows(r: np.ndarray, shape: tuple) -> np.ndarray:
+    """Inverse of ``_to_rows``: a new C-contiguous array of ``shape``."""
+    if len(shape) <= 2:
+        return r.reshape(shape)
+    n, c = shape[0], shape[1]
+    return np.ascontiguousarray(r.reshape(n, -1, c).transpose(0, 2, 1)).reshape(shape)

@@ -36,7 +36,7 @@ def dropout_forward(x, p: float = 0.5, training: bool = True, *, seed, needs_gra
     x = float_array(x, "x")
     p = _check_p(p)
     seed = _check_seed(seed)
-    if use_reference() or not hasattr(_core, "dropout"):  # TODO native
+    if use_reference():
         return reference.dropout_forward(x, p, bool(training), seed=seed, needs_grad=needs_grad)
     if not training:
         return x.copy(), (("identity", x.shape, x.dtype) if needs_grad else None)
@@ -46,7 +46,7 @@ def dropout_forward(x, p: float = 0.5, training: bool = True, *, seed, needs_gra
 
 def dropout_backward(grad_output, workspace):
     """dx = dy * f (the forward's mask and scale)."""
-    if use_reference() or not hasattr(_core, "dropout"):  # TODO native
+    if use_reference():
         if workspace[0] == "mask":
             dy = check_grad_output(grad_output, workspace[1].shape, workspace[1].dtype)
         else:

@@ -39,9 +39,10 @@ def add_forward(a, b, *, needs_grad: bool = True):
     if not ok:
         raise ValueError(f"b: expected a shape that broadcasts to a's shape {shape_str(a.shape)}, "
                          f"got {shape_str(b.shape)}")
-    if use_reference() or not hasattr(_core, "sum_axis"):  # TODO native
+    if use_reference():
         return reference.add_forward(a, b, needs_grad=needs_grad)
     a_c = np.ascontiguousarray(a).reshape(-1)
+    b_shape = b.shape
     runs = _runs(a.shape, b.shape)
     kinds = "".join("B" if bc else "K" for bc, _ in runs)
     n = [size for _, size in runs]
@@ -60,9 +61,8 @@ def add_forward(a, b, *, needs_grad: bool = True):
     else:  # four or more alternating runs: b is expanded to a's shape first
         b = np.broadcast_to(b, a.shape)
         plan = (0, 1, 1, a.size)
-    y = np.empty(a.shape, a.dtype)
-    _core.add_broadcast(a_c, np.ascontiguousarray(b).reshape(-1), y.reshape(-1), *plan)
-    return y, ((a.shape, b.shape) if needs_grad else None)
+    y = _core.add_broadcast(a_c, np.ascontiguousarray(b).reshape(-1), *plan).reshape(a.shape)
+    return y, ((a.shape, b_shape) if needs_grad else None)
 
 
 def add_backward(grad_output, workspace):
@@ -72,7 +72,7 @@ def add_backward(grad_output, workspace):
     if dy.shape != tuple(a_shape):
         raise ValueError(f"grad_output: expected shape {shape_str(tuple(a_shape))} (the forward output's), "
                          f"got {shape_str(dy.shape)}")
-    if use_reference() or not hasattr(_core, "sum_axis"):  # TODO native
+    if use_reference():
         return reference.add_backward(dy, workspace)
     dy = np.ascontiguousarray(dy)
     sizes = [size for _, size in _runs(a_shape, b_shape)]

@@ -31,11 +31,11 @@ def embedding_forward(indices, weight, padding_idx=None, *, needs_grad: bool = T
     ndim_in(weight, "weight", (2,))
     num_embeddings, dim = weight.shape
     pad = reference.embedding.normalize_padding_idx(padding_idx, num_embeddings)
-    if use_reference() or not hasattr(_core, "embedding_backward"):  # TODO native
+    if use_reference():
         return reference.embedding_forward(idx, weight, pad, needs_grad=needs_grad)
     if idx.dtype == np.uint64 and idx.size and int(idx.max()) > np.iinfo(np.int64).max:
         reference.embedding.check_indices(idx, num_embeddings)
-    idx64 = np.ascontiguousarray(idx, dtype=np.int64)
+    idx64 = idx.astype(np.int64, order="C", copy=False)  # keeps 0-d arrays 0-d
     out = _core.embedding_forward(idx64.reshape(-1), np.ascontiguousarray(weight))
     out = out.reshape(idx.shape + (dim,))
     return out, ((idx64, weight.shape, weight.dtype, pad) if needs_grad else None)
@@ -45,7 +45,7 @@ def embedding_backward(grad_output, workspace):
     """dout (*indices.shape, dim) -> (None, dweight (num_embeddings, dim))."""
     idx, shape, dtype, pad = workspace
     dy = check_grad_output(grad_output, idx.shape + (shape[1],), dtype)
-    if use_reference() or not hasattr(_core, "embedding_backward"):  # TODO native
+    if use_reference():
         return reference.embedding_backward(dy, workspace)
     dweight = _core.embedding_backward(np.ascontiguousarray(dy).reshape(-1, shape[1]), idx.reshape(-1),
                                        shape[0], -1 if pad is None else pad)

@@ -14,7 +14,7 @@ import operator
 
 import numpy as np
 
-from .. import reference
+from .. import _core, reference
 from .._backend import use_reference
 from ._checks import float_array, same_dtype, shape_str
 
@@ -81,14 +81,31 @@ def layer_norm_forward(x, normalized_shape, weight=None, bias=None, eps=1e-5, *,
     workspace None when ``needs_grad`` is false.
     """
     x, dims, weight, bias, eps = _check_forward(x, normalized_shape, weight, bias, eps)
-    # TODO native
-    y, ws = reference.layer_norm_forward(x, dims, weight, bias, eps, needs_grad=needs_grad)
-    return y, ws
+    if use_reference() or x.size == 0:  # empty: nothing to compute, the reference gives the shapes
+        return reference.layer_norm_forward(x, dims, weight, bias, eps, needs_grad=needs_grad)
+    k = math.prod(dims)
+    rows = x.size // k
+    x_rows = np.ascontiguousarray(x).reshape(rows, k)
+    flat = (lambda a: None if a is None else np.ascontiguousarray(a).reshape(k))
+    w_flat = flat(weight)
+    y, mean, rstd = _core.layer_norm_forward(x_rows, w_flat, flat(bias), eps, bool(needs_grad))
+    y = y.reshape(x.shape)
+    if not needs_grad:
+        return y, None
+    return y, {"op": "layer_norm", "backend": "native", "x": x, "x_rows": x_rows, "mean": mean, "rstd": rstd,
+               "normalized_shape": dims, "weight": w_flat, "has_bias": bias is not None}
 
 
 def layer_norm_backward(grad_output, workspace):
     """grad_output (shape of y) -> (dx, dweight or None, dbias or None)."""
     _check_workspace(workspace, "layer_norm")
     grad_output = _check_grad(grad_output, workspace["x"])
-    # TODO native
-    return reference.layer_norm_backward(grad_output, workspace)
+    if workspace["backend"] == "numpy":
+        return reference.layer_norm_backward(grad_output, workspace)
+    x_rows, dims = workspace["x_rows"], workspace["normalized_shape"]
+    weight = workspace["weight"]
+    dx, dw, db = _core.layer_norm_backward(np.ascontiguousarray(grad_output).reshape(x_rows.shape), x_rows,
+                                           workspace["mean"], workspace["rstd"], weight, weight is not None,
+                                           workspace["has_bias"])
+    return (dx.reshape(workspace["x"].shape), None if dw is None else dw.reshape(dims),
+            None if db is None else db.reshape(dims))

@@ -52,7 +52,7 @@ def linear_forward(x, weight, bias=None, *, needs_grad: bool = True):
 
     Returns (y, workspace); workspace is None when ``needs_grad`` is False."""
     x, weight, bias = _check(x, weight, bias)
-    if use_reference() or not hasattr(_core, "linear_backward"):  # TODO native
+    if use_reference():
         return reference.linear_forward(x, weight, bias, needs_grad=needs_grad)
     y = linear(x, weight, bias)
     if not needs_grad:
@@ -65,7 +65,7 @@ def linear_backward(grad_output, workspace):
     x, weight, has_bias = workspace
     out_features, in_features = weight.shape
     dy = check_grad_output(grad_output, x.shape[:-1] + (out_features,), x.dtype)
-    if use_reference() or not hasattr(_core, "linear_backward"):  # TODO native
+    if use_reference():
         return reference.linear_backward(dy, workspace)
     rows = math.prod(x.shape[:-1])
     dx, dweight, dbias = _core.linear_backward(np.ascontiguousarray(dy).reshape(rows, out_features),

@@ -63,7 +63,7 @@ def sgd_step_(param, grad, momentum_buffer, *, lr, momentum=0.0, dampening=0.0, 
     kwargs = dict(lr=float(lr), momentum=float(momentum), dampening=float(dampening),
                   weight_decay=float(weight_decay), nesterov=bool(nesterov), maximize=bool(maximize),
                   first_step=bool(first_step))
-    if use_reference() or not hasattr(_core, "adam_step_"):  # TODO native
+    if use_reference():
         reference.sgd_step_(param, grad, momentum_buffer if momentum != 0 else None, **kwargs)
         return
     _core.sgd_step_(param, grad, momentum_buffer if momentum != 0 else None, **kwargs)
@@ -98,7 +98,7 @@ def adam_step_(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, *, step, lr, be
     kwargs = dict(step=int(step), lr=float(lr), beta1=float(beta1), beta2=float(beta2), eps=float(eps),
                   weight_decay=float(weight_decay), amsgrad=bool(amsgrad), maximize=bool(maximize),
                   decoupled_weight_decay=bool(decoupled_weight_decay))
-    if use_reference() or not hasattr(_core, "adam_step_"):  # TODO native
+    if use_reference():
         reference.adam_step_(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, **kwargs)
         return
     _core.adam_step_(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, **kwargs)

@@ -1,0 +1,102 @@
+// Bindings for the residual add (with broadcasting) and the deterministic axis sums; the
+// broadcast pattern is reduced to (mode, outer, mid, inner) in python/seqblocks/ops/elementwise.py.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#include <string>
+
+#include "bindings/common.h"
+#include "bindings/ops_args.h"
+#include "bindings/registry.h"
+#include "ops/elementwise.h"
+#include "runtime/threads.h"
+
+namespace seqblocks {
+namespace {
+
+int64_t checked_volume(int64_t outer, int64_t mid, int64_t inner, const char* what) {
+  if (outer < 0 || mid < 0 || inner < 0) {
+    throw std::invalid_argument(std::string(what) + ": expected extents >= 0, got (" + std::to_string(outer) +
+                                ", " + std::to_string(mid) + ", " + std::to_string(inner) + ")");
+  }
+  return checked_mul(checked_mul(outer, mid, what), inner, what);
+}
+
+void expect_size(const py::array& a, int64_t want, const char* name) {
+  if (static_cast<int64_t>(a.size()) != want) {
+    throw std::invalid_argument(std::string(name) + ": expected " + std::to_string(want) +
+                                " elements, got shape " + shape_str(a));
+  }
+}
+
+template <class T>
+py::array add_impl(const py::array& a_arr, const py::array& b_arr, int mode, int64_t outer, int64_t mid,
+                   int64_t inner) {
+  if (mode != 0 && mode != 1) throw std::invalid_argument("mode: expected 0 or 1, got " + std::to_string(mode));
+  const int64_t total = checked_volume(outer, mid, inner, "add_broadcast");
+  expect_size(a_arr, total, "a");
+  expect_size(b_arr, mode == 0 ? outer * inner : mid, "b");
+  auto a = c_input<T>(a_arr);
+  auto b = c_input<T>(b_arr);
+  py::array_t<T> y(static_cast<py::ssize_t>(total));
+  const T* pa = a.data();
+  const T* pb = b.data();
+  T* py_ = y.mutable_data();
+  {
+    py::gil_scoped_release release;
+    const ElementwiseKernels& k = SEQBLOCKS_DISPATCH(elementwise_kernels);
+    if constexpr (std::is_same_v<T, float>) {
+      k.add_f32(pa, pb, py_, mode, outer, mid, inner, num_threads());
+    } else {
+      k.add_f64(pa, pb, py_, mode, outer, mid, inner, num_threads());
+    }
+  }
+  return std::move(y);
+}
+
+template <class T>
+py::array sum_axis_impl(const py::array& x_arr, int64_t outer, int64_t mid, int64_t inner) {
+  const int64_t total = checked_volume(outer, mid, inner, "sum_axis");
+  expect_size(x_arr, total, "x");
+  auto x = c_input<T>(x_arr);
+  py::array_t<T> out(static_cast<py::ssize_t>(outer * inner));
+  const T* px = x.data();
+  T* po = out.mutable_data();
+  {
+    py::gil_scoped_release release;
+    const ElementwiseKernels& k = SEQBLOCKS_DISPATCH(elementwise_kernels);
+    if constexpr (std::is_same_v<T, float>) {
+      k.sum_axis_f32(px, po, outer, mid, inner, num_threads());
+    } else {
+      k.sum_axis_f64(px, po, outer, mid, inner, num_threads());
+    }
+  }
+  return std::move(out);
+}
+
+}  // namespace
+}  // namespace seqblocks
+
+SEQBLOCKS_BINDINGS(elementwise) {
+  using namespace seqblocks;
+  namespace py = pybind11;
+  m.def(
+      "add_broadcast",
+      [](const py::array& a, const py::array& b, int mode, int64_t outer, int64_t mid, int64_t inner) {
+        const DType t = float_dtype_of(a, "a");
+        expect_dtype(b, t, "b", "a");
+        return t == DType::f32 ? add_impl<float>(a, b, mode, outer, mid, inner)
+                               : add_impl<double>(a, b, mode, outer, mid, inner);
+      },
+      py::arg("a").noconvert(), py::arg("b").noconvert(), py::arg("mode"), py::arg("outer"), py::arg("mid"),
+      py::arg("inner"),
+      "y = a + b over the view (outer, mid, inner): mode 0 adds b[o, i], mode 1 adds b[m]; returns y flat");
+  m.def(
+      "sum_axis",
+      [](const py::array& x, int64_t outer, int64_t mid, int64_t inner) {
+        return float_dtype_of(x, "x") == DType::f32 ? sum_axis_impl<float>(x, outer, mid, inner)
+                                                     : sum_axis_impl<double>(x, outer, mid, inner);
+      },
+      py::arg("x").noconvert(), py::arg("outer"), py::arg("mid"), py::arg("inner"),
+      "out[o, i] = sum over m of x[o, m, i] (deterministic for any thread count); returns out flat");
+}

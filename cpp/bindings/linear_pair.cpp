@@ -1,0 +1,123 @@
+// Binding for the backward of the linear pair, one call for the three gradients:
+//   dx (rows, in)  = dy (rows, out) @ W (out, in)        GEMM
+//   dW (out, in)   = dy^T (out, rows) @ x (rows, in)     GEMM with dy read transposed in place
+//   db (out,)      = column sums of dy                    deterministic (ops/elementwise.h)
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#include <algorithm>
+#include <string>
+
+#include "bindings/common.h"
+#include "bindings/ops_args.h"
+#include "bindings/registry.h"
+#include "ops/elementwise.h"
+#include "runtime/dispatch.h"
+#include "runtime/threads.h"
+
+namespace seqblocks {
+namespace {
+
+template <class T>
+void run_gemm(GemmProblem<T>& p) {
+  p.nthreads = num_threads();
+  if constexpr (std::is_same_v<T, float>) {
+    kernels().gemm_f32(p);
+  } else {
+    kernels().gemm_f64(p);
+  }
+}
+
+template <class T>
+py::tuple linear_backward_impl(const py::array& dy_arr, const py::array& x_arr, const py::array& w_arr,
+                               bool has_bias) {
+  const int64_t rows = dy_arr.shape(0), out_f = dy_arr.shape(1);
+  const int64_t in_f = w_arr.shape(1);
+  if (w_arr.shape(0) != out_f) {
+    throw std::invalid_argument("weight: expected " + std::to_string(out_f) + " rows (dy's columns), got shape " +
+                                shape_str(w_arr));
+  }
+  if (x_arr.shape(0) != rows || x_arr.shape(1) != in_f) {
+    throw std::invalid_argument("x: expected shape (" + std::to_string(rows) + ", " + std::to_string(in_f) +
+                                "), got " + shape_str(x_arr));
+  }
+  checked_mul(checked_mul(rows, in_f, "dx"), static_cast<int64_t>(sizeof(T)), "dx bytes");
+  auto dy = c_input<T>(dy_arr);
+  auto x = c_input<T>(x_arr);
+  auto w = c_input<T>(w_arr);
+  py::array_t<T> dx({static_cast<py::ssize_t>(rows), static_cast<py::ssize_t>(in_f)});
+  py::array_t<T> dw({static_cast<py::ssize_t>(out_f), static_cast<py::ssize_t>(in_f)});
+  py::object db = py::none();
+  T* pdb = nullptr;
+  if (has_bias) {
+    py::array_t<T> b(static_cast<py::ssize_t>(out_f));
+    pdb = b.mutable_data();
+    db = std::move(b);
+  }
+  const T* pdy = dy.data();
+  const T* px = x.data();
+  const T* pw = w.data();
+  T* pdx = dx.mutable_data();
+  T* pdw = dw.mutable_data();
+  {
+    py::gil_scoped_release release;
+    if (rows * in_f > 0) {
+      if (out_f == 0) {
+        std::fill(pdx, pdx + rows * in_f, T(0));
+      } else {
+        GemmProblem<T> p;
+        p.m = rows, p.n = in_f, p.k = out_f;
+        p.a = pdy, p.lda = out_f;
+        p.b = pw, p.ldb = in_f;
+        p.c = pdx, p.ldc = in_f;
+        run_gemm(p);
+      }
+    }
+    if (out_f * in_f > 0) {
+      if (rows == 0) {
+        std::fill(pdw, pdw + out_f * in_f, T(0));
+      } else {
+        GemmProblem<T> p;
+        p.m = out_f, p.n = in_f, p.k = rows;
+        p.a = pdy, p.lda = out_f, p.trans_a = true;
+        p.b = px, p.ldb = in_f;
+        p.c = pdw, p.ldc = in_f;
+        run_gemm(p);
+      }
+    }
+    if (pdb != nullptr) {
+      const ElementwiseKernels& k = SEQBLOCKS_DISPATCH(elementwise_kernels);
+      if constexpr (std::is_same_v<T, float>) {
+        k.sum_axis_f32(pdy, pdb, 1, rows, out_f, num_threads());
+      } else {
+        k.sum_axis_f64(pdy, pdb, 1, rows, out_f, num_threads());
+      }
+    }
+  }
+  return py::make_tuple(std::move(dx), std::move(dw), std::move(db));
+}
+
+}  // namespace
+}  // namespace seqblocks
+
+SEQBLOCKS_BINDINGS(linear_pair) {
+  using namespace seqblocks;
+  namespace py = pybind11;
+  m.def(
+      "linear_backward",
+      [](const py::array& dy, const py::array& x, const py::array& weight, bool has_bias) {
+        for (auto [arr, name] : {std::pair{&dy, "grad_output"}, std::pair{&x, "x"}, std::pair{&weight, "weight"}}) {
+          if (arr->ndim() != 2) {
+            throw std::invalid_argument(std::string(name) + ": expected a 2-D array, got shape " + shape_str(*arr));
+          }
+        }
+        const DType t = float_dtype_of(dy, "grad_output");
+        expect_dtype(x, t, "x", "grad_output");
+        expect_dtype(weight, t, "weight", "grad_output");
+        return t == DType::f32 ? linear_backward_impl<float>(dy, x, weight, has_bias)
+                               : linear_backward_impl<double>(dy, x, weight, has_bias);
+      },
+      py::arg("grad_output").noconvert(), py::arg("x").noconvert(), py::arg("weight").noconvert(),
+      py::arg("has_bias"),
+      "(dx, dweight, dbias or None) of y = x @ weight.T + bias for dy (rows, out), x (rows, in), weight (out, in)");
+}
