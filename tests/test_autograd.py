@@ -464,3 +464,33 @@ def test_composite_expression_matches_torch(r):
     assert_close(out.data, tout.detach().numpy(), factor=64)
     for ours, theirs in ((a, ta), (b, tb), (c, tc)):
         assert_close(ours.grad, theirs.grad.numpy(), magnitude=np.abs(theirs.grad.numpy()).max(), factor=64)
+
+
+def test_grad_mode_forms():
+    @seqblocks.no_grad
+    def bare(t):
+        return t * 2
+
+    x = tensor([1.0], requires_grad=True)
+    assert not bare(x).requires_grad and seqblocks.is_grad_enabled()
+    seqblocks.set_grad_enabled(False)
+    try:
+        assert not seqblocks.is_grad_enabled() and not (x * 2).requires_grad
+    finally:
+        seqblocks.set_grad_enabled(True)
+    with seqblocks.set_grad_enabled(False):
+        assert not seqblocks.is_grad_enabled()
+    assert seqblocks.is_grad_enabled()
+
+    @seqblocks.set_grad_enabled(False)
+    def off(t):
+        return t * 2
+
+    assert seqblocks.is_grad_enabled()
+    assert not off(x).requires_grad and seqblocks.is_grad_enabled()
+    with seqblocks.no_grad():
+        @seqblocks.enable_grad
+        def on(t):
+            return t * 2
+
+        assert on(x).requires_grad and not seqblocks.is_grad_enabled()

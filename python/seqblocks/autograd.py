@@ -52,8 +52,8 @@ def is_grad_enabled() -> bool:
     return _grad_mode.enabled
 
 
-class set_grad_enabled:
-    """Context manager / decorator setting grad mode on or off (per thread)."""
+class _GradModeContext:
+    """Context manager / decorator running a block (or function) with grad mode ``mode``."""
 
     __slots__ = ("_mode", "_prev")
 
@@ -73,29 +73,62 @@ class set_grad_enabled:
 
         @functools.wraps(func)
         def wrapper(*args, **kwargs):
-            with set_grad_enabled(mode):
+            with _GradModeContext(mode):
                 return func(*args, **kwargs)
 
         return wrapper
 
 
-class no_grad(set_grad_enabled):
-    """``with seqblocks.no_grad():`` or ``@seqblocks.no_grad()``: ops run in inference mode
-    (``needs_grad=False``, no workspace kept) and no graph is recorded."""
+class no_grad(_GradModeContext):
+    """``with seqblocks.no_grad():``, ``@seqblocks.no_grad()`` or ``@seqblocks.no_grad``: ops
+    run in inference mode (``needs_grad=False``, no workspace kept) and no graph is recorded."""
 
     __slots__ = ()
 
-    def __init__(self) -> None:
+    def __new__(cls, func=None):
+        self = super().__new__(cls)
+        if func is not None:  # bare decorator
+            self.__init__()
+            return self(func)
+        return self
+
+    def __init__(self, func=None) -> None:
         super().__init__(False)
 
 
-class enable_grad(set_grad_enabled):
-    """Turns grad mode back on inside a ``no_grad`` block."""
+class enable_grad(_GradModeContext):
+    """Turns grad mode back on (e.g. inside a ``no_grad`` block); also a decorator."""
 
     __slots__ = ()
 
-    def __init__(self) -> None:
+    def __new__(cls, func=None):
+        self = super().__new__(cls)
+        if func is not None:
+            self.__init__()
+            return self(func)
+        return self
+
+    def __init__(self, func=None) -> None:
         super().__init__(True)
+
+
+class set_grad_enabled(_GradModeContext):
+    """``seqblocks.set_grad_enabled(False)`` switches grad mode at once (per thread); used with
+    ``with`` it restores the previous mode on exit; as a decorator it applies to each call only."""
+
+    __slots__ = ("_outer",)
+
+    def __init__(self, mode: bool) -> None:
+        super().__init__(mode)
+        self._outer = _grad_mode.enabled
+        _grad_mode.enabled = self._mode
+
+    def __enter__(self) -> None:
+        self._prev.append(self._outer)
+
+    def __call__(self, func):
+        _grad_mode.enabled = self._outer  # decorating must not change the mode of the caller
+        return super().__call__(func)
 
 
 # --------------------------------------------------------------------------------------------
@@ -149,7 +182,13 @@ class Tensor:
     __array_priority__ = 1000
 
     def __init__(self, data: Any, requires_grad: bool = False) -> None:
-        arr = data if isinstance(data, np.ndarray) else np.asarray(data)
+        # wraps an ndarray without copying; Python numbers/lists default to float32 like torch
+        if isinstance(data, np.ndarray):
+            arr = data
+        elif isinstance(data, (list, tuple, float)):
+            arr = _default_float(np.asarray(data))
+        else:
+            arr = np.asarray(data)
         self.data = arr
         self.grad = None
         self._node = None
