@@ -378,3 +378,15 @@ def test_clip_grad_value_matches_torch(r):
     nn.utils.clip_grad_value_([p], 0.5)
     torch.nn.utils.clip_grad_value_([tp], 0.5)
     np.testing.assert_array_equal(p.grad, tp.grad.numpy())
+
+
+def test_embedding_from_pretrained():
+    torch = pytest.importorskip("torch")
+    w = np.arange(12, dtype=np.float32).reshape(4, 3)
+    e = nn.Embedding.from_pretrained(torch.nn.Parameter(torch.from_numpy(w)))
+    assert not e.weight.requires_grad and repr(e) == "Embedding(4, 3)"
+    np.testing.assert_array_equal(e(np.array([2])).data, w[2:3])
+    e = nn.Embedding.from_pretrained(w, freeze=False, padding_idx=1)
+    assert e.weight.requires_grad and e.padding_idx == 1
+    with pytest.raises(ValueError, match="2-D"):
+        nn.Embedding.from_pretrained(np.ones(3))

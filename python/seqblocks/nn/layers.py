@@ -108,8 +108,7 @@ class Embedding(Module):
 
     @classmethod
     def from_pretrained(cls, embeddings, freeze: bool = True, padding_idx: int | None = None, **kwargs):
-        weight = np.asarray(embeddings.data if hasattr(embeddings, "data") and not isinstance(embeddings, np.ndarray)
-                            else embeddings)
+        weight = _to_numpy(embeddings)
         if weight.ndim != 2:
             raise ValueError(f"embeddings: expected a 2-D array, got shape {weight.shape}")
         return cls(weight.shape[0], weight.shape[1], padding_idx=padding_idx, _weight=weight, _freeze=freeze, **kwargs)
