@@ -505,3 +505,12 @@ def test_grad_mode_forms():
             return t * 2
 
         assert on(x).requires_grad and not seqblocks.is_grad_enabled()
+
+
+def test_backward_of_several_roots_at_once(r):
+    from seqblocks.autograd import backward
+
+    x = tensor(r.standard_normal(3), requires_grad=True, dtype=np.float64)
+    h = x * 3
+    backward([h.sum(), (h * h).sum()])  # the shared h gets both contributions before it runs
+    np.testing.assert_allclose(x.grad, 3 + 18 * x.data)
