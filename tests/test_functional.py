@@ -233,10 +233,12 @@ def test_dropout_is_reproducible_and_backend_independent(r):
 def test_dropout_identity_cases_draw_no_seed(r):
     x = tensor(r.standard_normal(5))
     seqblocks.manual_seed(1)
+    state = seqblocks._random.get_rng_state()
     assert F.dropout(x, 0.5, training=False) is x
     assert F.dropout(x, 0.0) is x
-    after_identity = seqblocks.manual_seed  # noqa: F841
+    assert seqblocks._random.get_rng_state() == state
     first = F.dropout(x, 0.5).data
+    assert seqblocks._random.get_rng_state() != state
     seqblocks.manual_seed(1)
     np.testing.assert_array_equal(F.dropout(x, 0.5).data, first)
     assert not F.dropout(x, 1.0).data.any()

@@ -28,7 +28,7 @@ def build_pair(torch_nn, ours_nn):
 
 
 def load_from_torch(ours, theirs):
-    ours.load_state_dict({k: v for k, v in theirs.state_dict().items()})
+    ours.load_state_dict({k: v.detach().numpy() for k, v in theirs.state_dict().items()})
 
 
 # ------------------------------------------------------------------------- Module system
