@@ -91,7 +91,7 @@ def test_model_and_optimizer_checkpoint(tmp_path):
     model(np.array([[1, 2, 0]])).sum().backward()
     opt.step()
     seqblocks.save({"model": model.state_dict(), "optim": opt.state_dict(), "epoch": 3,
-                    "rng": seqblocks._random.get_rng_state()}, tmp_path / "ckpt.sb")
+                    "rng": seqblocks.get_rng_state()}, tmp_path / "ckpt.sb")
     ckpt = seqblocks.load(tmp_path / "ckpt.sb")
     seqblocks.manual_seed(1)
     model2 = nn.Sequential(nn.Embedding(10, 4, padding_idx=0), nn.Linear(4, 3), nn.LayerNorm(3))
@@ -285,3 +285,14 @@ def test_pickled_payload_is_never_executed(tmp_path, monkeypatch):
 def test_missing_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.sb"):
         seqblocks.load(tmp_path / "nope.sb")
+
+
+def test_rng_state_round_trip(tmp_path):
+    seqblocks.manual_seed(9)
+    seqblocks.save({"rng": seqblocks.get_rng_state()}, tmp_path / "rng.sb")
+    first = nn.Linear(5, 5).weight.data.copy()
+    seqblocks.manual_seed(1)
+    seqblocks.set_rng_state(seqblocks.load(tmp_path / "rng.sb")["rng"])
+    np.testing.assert_array_equal(nn.Linear(5, 5).weight.data, first)
+    with pytest.raises(ValueError, match="get_rng_state"):
+        seqblocks.set_rng_state({"x": 1})

@@ -17,7 +17,7 @@ from ._runtime import (
     use_isa,
 )
 from . import ops, reference
-from ._random import initial_seed, manual_seed
+from ._random import get_rng_state, initial_seed, manual_seed, set_rng_state
 from .autograd import Tensor, cat, enable_grad, is_grad_enabled, no_grad, set_grad_enabled, stack, tensor
 from .serialization import CheckpointError, load, save
 from . import nn, optim
@@ -32,6 +32,7 @@ __all__ = [
     "cat",
     "compare",
     "enable_grad",
+    "get_rng_state",
     "initial_seed",
     "is_grad_enabled",
     "load",
@@ -41,6 +42,7 @@ __all__ = [
     "optim",
     "save",
     "set_grad_enabled",
+    "set_rng_state",
     "stack",
     "tensor",
     "backend",

@@ -8,7 +8,7 @@ import operator
 
 import numpy as np
 
-__all__ = ["default_generator", "initial_seed", "manual_seed", "next_seed"]
+__all__ = ["default_generator", "get_rng_state", "initial_seed", "manual_seed", "next_seed", "set_rng_state"]
 
 _state = {"seed": None, "gen": np.random.default_rng()}
 
@@ -48,6 +48,9 @@ def get_rng_state() -> dict:
 
 
 def set_rng_state(state: dict) -> None:
+    """Restore a state from ``get_rng_state`` (e.g. from a checkpoint)."""
+    if not isinstance(state, dict) or "bit_generator" not in state:
+        raise ValueError("state: expected a dict from seqblocks.get_rng_state()")
     gen = np.random.default_rng()
     gen.bit_generator.state = state
     _state["gen"] = gen
