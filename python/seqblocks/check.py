@@ -213,10 +213,18 @@ def _time(fn, repeats: int = 5) -> float:
 
 
 def compare(names=None, dtypes=("float32", "float64"), isas=None, backends=("native", "numpy"),
-            timing: bool = True, seed: int = 0) -> list[Row]:
-    """Check the registered ops (all, or those in ``names``) and return one ``Row`` per op,
-    direction, dtype and implementation. A row's ``status`` is "ok", "FAIL" (out of tolerance),
-    "error" (raised) or "absent" (the op is not in ``seqblocks.ops`` yet)."""
+            timing: bool = True, seed: int = 0, show: bool = False) -> list[Row]:
+    """Check the registered ops (all, or those whose name or op is in ``names``) and return one
+    ``Row`` per op, direction, dtype and implementation (``show=True`` also prints the table). A
+    row's ``status`` is "ok", "FAIL" (out of tolerance), "error" (raised) or "absent" (the op is
+    not in ``seqblocks.ops`` yet)."""
+    rows = _compare(names, dtypes, isas, backends, timing, seed)
+    if show:
+        print(format_table(rows))
+    return rows
+
+
+def _compare(names, dtypes, isas, backends, timing, seed) -> list[Row]:
     isas = list(available_isas() if isas is None else isas)
     rows: list[Row] = []
     for check in REGISTRY:
@@ -242,19 +250,25 @@ def compare(names=None, dtypes=("float32", "float64"), isas=None, backends=("nat
                 impls.append(("numpy", "numpy", None))
             if "native" in backends:
                 impls.extend((f"native/{isa}", "native", isa) for isa in isas)
-            numpy_time = None
+            numpy_time = numpy_bwd_time = None
             for label, backend_name, isa in impls:
                 direction = "update" if check.kind == "inplace" else "forward"
                 try:
                     with backend(backend_name), (use_isa(isa) if isa else _null()):
                         outs, grads = _run(check, ops, args, kwargs, grad_out)
                         elapsed = _time(lambda: _run(check, ops, args, kwargs)) if timing else None
+                        bwd_elapsed = None
+                        if timing and grads is not None:
+                            fwd, bwd = _functions(check, ops)
+                            _, ws = fwd(*args, **kwargs)
+                            g = grad_out.astype(outs[0].dtype)
+                            bwd_elapsed = _time(lambda: bwd(g, ws))
                 except Exception as exc:  # noqa: BLE001 - reported as a row
                     rows.append(Row(check.name, direction, dtype.name, label, status="error",
                                     message=f"{type(exc).__name__}: {exc}"))
                     continue
                 if backend_name == "numpy":
-                    numpy_time = elapsed
+                    numpy_time, numpy_bwd_time = elapsed, bwd_elapsed
                 fwd_row = Row(check.name, direction, dtype.name, label)
                 worst = (0.0, 0.0, 0.0, True, "")
                 for actual, expected in zip(outs, expected_outs):
@@ -282,6 +296,8 @@ def compare(names=None, dtypes=("float32", "float64"), isas=None, backends=("nat
                     bwd_row.max_abs, bwd_row.max_rel, bwd_row.err_over_tol = worst[:3]
                     bwd_row.status = "ok" if worst[3] else "FAIL"
                     bwd_row.message = worst[4]
+                    if bwd_elapsed and backend_name == "native" and numpy_bwd_time:
+                        bwd_row.speed_ratio = numpy_bwd_time / bwd_elapsed
                     rows.append(bwd_row)
     return rows
 
@@ -295,9 +311,11 @@ class _null:
 
 
 def format_table(rows: list[Row]) -> str:
+    """The rows as a text table; err/tol <= 1 passes; speedup = numpy-backend time / native time."""
     header = f"{'op':<16} {'dir':<8} {'dtype':<7} {'impl':<14} {'max abs':>9} {'max rel':>9} {'err/tol':>8} " \
-             f"{'np/native':>9}  status"
-    lines = [header, "-" * len(header)]
+             f"{'speedup':>9}  status"
+    lines = ["errors vs the float64 reference; err/tol <= 1 passes (seqblocks.testing.assert_close policy); "
+             "speedup = numpy-backend time / native time", header, "-" * len(header)]
     for r in rows:
         def num(x, fmt):
             return format(x, fmt) if not math.isnan(x) else "-"
