@@ -224,3 +224,26 @@ def test_bad_input():
         ops.layer_norm_backward(np.ones((4, 5)), ws)
     with pytest.raises(ValueError, match="workspace"):
         ops.layer_norm_backward(np.ones((4, 5), np.float32), None)
+
+
+def test_core_rejects_bad_input_directly():
+    """The private binding validates too: calling it wrongly never crashes the interpreter."""
+    core = seqblocks._core
+    x = np.ones((3, 4), np.float32)
+    with pytest.raises(ValueError):
+        core.layer_norm_forward(np.ones(4, np.float32), None, None, 1e-5, True)
+    with pytest.raises(TypeError):
+        core.layer_norm_forward(np.ones((3, 4), np.int32), None, None, 1e-5, True)
+    with pytest.raises(ValueError):
+        core.layer_norm_forward(x, np.ones(5, np.float32), None, 1e-5, True)
+    with pytest.raises(TypeError):
+        core.layer_norm_forward(x, None, np.ones(4), 1e-5, True)
+    with pytest.raises(ValueError):
+        core.layer_norm_forward(np.ones((3, 0), np.float32), None, None, 1e-5, True)
+    y, mean, rstd = core.layer_norm_forward(x, None, None, 1e-5, True)
+    with pytest.raises(ValueError):
+        core.layer_norm_backward(np.ones((4, 3), np.float32), x, mean, rstd, None, False, False)
+    with pytest.raises(TypeError):
+        core.layer_norm_backward(np.ones((3, 4)), x, mean, rstd, None, False, False)
+    with pytest.raises(ValueError):
+        core.layer_norm_backward(x, x, mean[:2], rstd, None, False, False)

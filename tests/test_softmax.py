@@ -198,3 +198,16 @@ def test_bad_input():
         ops.softmax_backward(np.ones((4, 5)), ws)
     with pytest.raises(ValueError, match="workspace"):
         ops.log_softmax_backward(np.ones((4, 5), np.float32), ws)
+
+
+def test_core_rejects_bad_input_directly():
+    core = seqblocks._core
+    with pytest.raises(ValueError):
+        core.softmax_forward(np.ones(4, np.float32), False)
+    with pytest.raises(TypeError):
+        core.softmax_forward(np.ones((2, 4), np.int64), False)
+    y = core.softmax_forward(np.ones((2, 4), np.float32), False)
+    with pytest.raises(ValueError):
+        core.softmax_backward(np.ones((4, 2), np.float32), y, False)
+    with pytest.raises(TypeError):
+        core.softmax_backward(np.ones((2, 4)), y, False)
