@@ -163,6 +163,25 @@ def test_dweight_dbias_do_not_depend_on_thread_count(isa, rng):
             np.testing.assert_array_equal(a, e)
 
 
+def test_concurrent_calls_from_python_threads(rng):
+    import concurrent.futures
+
+    problems = [_inputs(rng, (64, 129), (129,), np.float32) for _ in range(6)]
+    grads = [rng.standard_normal((64, 129)).astype(np.float32) for _ in range(6)]
+
+    def run(i):
+        x, w, b = problems[i]
+        y, ws = ops.layer_norm_forward(x, 129, w, b)
+        return (y,) + ops.layer_norm_backward(grads[i], ws)
+
+    serial = [run(i) for i in range(6)]
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(run, list(range(6)) * 4))
+    for i, got in enumerate(results):
+        for a, e in zip(got, serial[i % 6]):
+            np.testing.assert_array_equal(a, e)
+
+
 def test_inference_mode_and_reuse(isa, rng):
     x, w, b = _inputs(rng, (4, 9), (9,), np.float32)
     y0, ws0 = ops.layer_norm_forward(x, (9,), w, b, needs_grad=False)

@@ -122,8 +122,8 @@ inline typename Vec<Isa, T>::reg exp_approx(typename Vec<Isa, T>::reg x) {
   return V::select(V::lt(x, V::set1(underflow)), V::zero(), e);
 }
 
-// max_j x_j over a row of n >= 1 elements. NaN anywhere gives NaN only through the callers'
-// later sums (max itself may skip it), which is enough: exp(NaN - m) poisons s.
+// max_j x_j over a row of n >= 1 elements. A NaN may be skipped here; the callers still return
+// NaN for that row, because exp(NaN - m) makes the sum s NaN.
 template <class Isa, class T>
 inline T row_max(const T* x, int64_t n) {
   using V = Vec<Isa, T>;
