@@ -189,3 +189,12 @@ def test_empty():
         fwd, bwd = pair(ops, name)
         y, ws = fwd(np.zeros((0, 3), np.float32))
         assert y.shape == (0, 3) and bwd(np.zeros((0, 3), np.float32), ws)[0].shape == (0, 3)
+
+
+def test_zero_dimensional(rng):
+    x = np.array(0.7, np.float32)
+    for name in ACTS:
+        fwd, bwd = pair(ops, name)
+        y, ws = fwd(x)
+        (dx,) = bwd(np.array(1.0, np.float32), ws)
+        assert y.shape == () and dx.shape == ()

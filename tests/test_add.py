@@ -104,3 +104,24 @@ def test_bad_input():
     _, ws = ops.add_forward(np.ones((3, 4), np.float32), np.ones(4, np.float32))
     with pytest.raises(ValueError, match=r"grad_output: expected shape \(3, 4\).*got \(4,\)"):
         ops.add_backward(np.ones(4, np.float32), ws)
+
+
+def test_twin_signatures():
+    """Every ops function of this task has a reference twin with the same signature."""
+    import inspect
+
+    names = ["linear_forward", "linear_backward", "embedding_forward", "embedding_backward", "dropout_forward",
+             "dropout_backward", "relu_forward", "relu_backward", "gelu_forward", "gelu_backward", "tanh_forward",
+             "tanh_backward", "sigmoid_forward", "sigmoid_backward", "add_forward", "add_backward", "sgd_step_",
+             "adam_step_"]
+    for name in names:
+        ours, twin = inspect.signature(getattr(ops, name)), inspect.signature(getattr(seqblocks.reference, name))
+        assert [(p.name, p.kind, p.default) for p in ours.parameters.values()] == \
+            [(p.name, p.kind, p.default) for p in twin.parameters.values()], name
+        assert name in ops.__all__ and name in seqblocks.reference.__all__
+
+
+def test_zero_dimensional():
+    y, ws = ops.add_forward(np.array(2.0), np.array(3.0))
+    da, db = ops.add_backward(np.array(1.5), ws)
+    assert y.shape == () and y == 5.0 and da.shape == () and db.shape == () and db == 1.5

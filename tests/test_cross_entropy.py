@@ -230,3 +230,30 @@ def test_bad_input():
         ops.cross_entropy_backward(np.float32(1), ws)
     with pytest.raises(ValueError, match="workspace"):
         ops.cross_entropy_backward(np.float32(1), {"op": "softmax"})
+
+
+def test_core_rejects_bad_input_directly():
+    core = seqblocks._core
+    x = np.zeros((3, 5), np.float32)
+    t = np.array([0, 1, 2], np.int64)
+    with pytest.raises(IndexError, match="target"):
+        core.cross_entropy_forward(x, np.array([0, 9, 1], np.int64), None, None, -100, 0.0, True)
+    with pytest.raises(TypeError):
+        core.cross_entropy_forward(x, t.astype(np.int32), None, None, -100, 0.0, True)
+    with pytest.raises(ValueError):
+        core.cross_entropy_forward(x, t[:2], None, None, -100, 0.0, True)
+    with pytest.raises(ValueError):
+        core.cross_entropy_forward(x, t, np.zeros((3, 5), np.float32), None, -100, 0.0, True)
+    with pytest.raises(ValueError):
+        core.cross_entropy_forward(x, None, np.zeros((3, 4), np.float32), None, -100, 0.0, True)
+    with pytest.raises(ValueError):
+        core.cross_entropy_forward(x, t, None, np.ones(4, np.float32), -100, 0.0, True)
+    with pytest.raises(ValueError):
+        core.cross_entropy_forward(x, t, None, None, -100, 2.0, True)
+    with pytest.raises(ValueError):
+        core.cross_entropy_forward(np.zeros(5, np.float32), t, None, None, -100, 0.0, True)
+    loss, m, ls, qw = core.cross_entropy_forward(x, t, None, None, -100, 0.0, True)
+    with pytest.raises(ValueError):
+        core.cross_entropy_backward(x, t, None, None, -100, 0.0, m[:2], ls, None, None, 1.0)
+    with pytest.raises(ValueError):
+        core.cross_entropy_backward(x, t, None, None, -100, 0.0, m, ls, None, np.ones(2, np.float32), 1.0)

@@ -149,3 +149,8 @@ def test_bad_input():
     _, ws = ops.dropout_forward(x, 0.5, seed=0)
     with pytest.raises(ValueError, match=r"grad_output: expected shape \(4,\).*got \(5,\)"):
         ops.dropout_backward(np.ones(5, np.float32), ws)
+
+
+def test_zero_dimensional():
+    y, ws = ops.dropout_forward(np.array(2.0), 0.5, seed=4)
+    assert y.shape == () and ops.dropout_backward(np.array(1.0), ws)[0].shape == ()

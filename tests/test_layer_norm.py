@@ -163,6 +163,25 @@ def test_dweight_dbias_do_not_depend_on_thread_count(isa, rng):
             np.testing.assert_array_equal(a, e)
 
 
+def test_concurrent_calls_from_python_threads(rng):
+    import concurrent.futures
+
+    problems = [_inputs(rng, (64, 129), (129,), np.float32) for _ in range(6)]
+    grads = [rng.standard_normal((64, 129)).astype(np.float32) for _ in range(6)]
+
+    def run(i):
+        x, w, b = problems[i]
+        y, ws = ops.layer_norm_forward(x, 129, w, b)
+        return (y,) + ops.layer_norm_backward(grads[i], ws)
+
+    serial = [run(i) for i in range(6)]
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(run, list(range(6)) * 4))
+    for i, got in enumerate(results):
+        for a, e in zip(got, serial[i % 6]):
+            np.testing.assert_array_equal(a, e)
+
+
 def test_inference_mode_and_reuse(isa, rng):
     x, w, b = _inputs(rng, (4, 9), (9,), np.float32)
     y0, ws0 = ops.layer_norm_forward(x, (9,), w, b, needs_grad=False)
@@ -224,3 +243,26 @@ def test_bad_input():
         ops.layer_norm_backward(np.ones((4, 5)), ws)
     with pytest.raises(ValueError, match="workspace"):
         ops.layer_norm_backward(np.ones((4, 5), np.float32), None)
+
+
+def test_core_rejects_bad_input_directly():
+    """The private binding validates too: calling it wrongly never crashes the interpreter."""
+    core = seqblocks._core
+    x = np.ones((3, 4), np.float32)
+    with pytest.raises(ValueError):
+        core.layer_norm_forward(np.ones(4, np.float32), None, None, 1e-5, True)
+    with pytest.raises(TypeError):
+        core.layer_norm_forward(np.ones((3, 4), np.int32), None, None, 1e-5, True)
+    with pytest.raises(ValueError):
+        core.layer_norm_forward(x, np.ones(5, np.float32), None, 1e-5, True)
+    with pytest.raises(TypeError):
+        core.layer_norm_forward(x, None, np.ones(4), 1e-5, True)
+    with pytest.raises(ValueError):
+        core.layer_norm_forward(np.ones((3, 0), np.float32), None, None, 1e-5, True)
+    y, mean, rstd = core.layer_norm_forward(x, None, None, 1e-5, True)
+    with pytest.raises(ValueError):
+        core.layer_norm_backward(np.ones((4, 3), np.float32), x, mean, rstd, None, False, False)
+    with pytest.raises(TypeError):
+        core.layer_norm_backward(np.ones((3, 4)), x, mean, rstd, None, False, False)
+    with pytest.raises(ValueError):
+        core.layer_norm_backward(x, x, mean[:2], rstd, None, False, False)

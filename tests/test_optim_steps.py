@@ -249,3 +249,15 @@ def test_binding_checks_the_contract_too(rng):
     np.testing.assert_array_equal(base, before)
     np.testing.assert_array_equal(p, before[:16])
     assert (m == 0).all()
+
+
+def test_empty_arrays(isa):
+    p, g, m, v = (np.zeros((0, 3), np.float32) for _ in range(4))
+    ops.adam_step_(p, g, m, v, None, step=1, **ADAM_DEFAULTS)
+    ops.sgd_step_(p, g, m, lr=0.1, momentum=0.9, first_step=True)
+
+
+def test_zero_dimensional_param():
+    p, g, buf = np.array(1.0, np.float32), np.array(0.5, np.float32), np.array(0.0, np.float32)
+    ops.sgd_step_(p, g, buf, lr=0.1, momentum=0.9, first_step=True)
+    assert p.shape == () and p == np.float32(1.0) - np.float32(0.1) * np.float32(0.5) and buf == 0.5

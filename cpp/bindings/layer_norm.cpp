@@ -53,6 +53,7 @@ py::tuple forward(const py::array& x_arr, const py::object& w_obj, const py::obj
                   bool needs_grad, DType t) {
   CArray<T> x = CArray<T>::ensure(x_arr);
   const int64_t rows = x.shape(0), k = x.shape(1);
+  if (k == 0) throw std::invalid_argument("x: expected k >= 1 columns, got shape " + shape_str(x));
   CArray<T> w = optional_vector<T>(w_obj, "weight", k, t);
   CArray<T> b = optional_vector<T>(b_obj, "bias", k, t);
   CArray<T> y({rows, k});
@@ -72,7 +73,6 @@ py::tuple forward(const py::array& x_arr, const py::object& w_obj, const py::obj
     mean = m;
     rstd = r;
   }
-  if (k == 0) throw std::invalid_argument("x: expected k >= 1 columns, got shape " + shape_str(x));
   {
     py::gil_scoped_release release;
     a.nthreads = num_threads();

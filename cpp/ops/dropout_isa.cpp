@@ -8,7 +8,12 @@
 #include "ops/dropout.h"
 #include "ops/parallel.h"
 #include "runtime/denormals.h"
+// GCC 12 reports -Wmaybe-uninitialized inside avx512fintrin.h (its `__Y = __Y` idiom for undefined
+// registers, GCC bug 105593) wherever Vec<Avx512> is inlined; silenced for those header lines only.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include "runtime/isa_target.h"
+#pragma GCC diagnostic pop
 
 namespace seqblocks {
 namespace {

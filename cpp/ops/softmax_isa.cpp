@@ -27,7 +27,7 @@ inline void prefetch_row_triple(const T* a, const T* b, T* c, int count) {
 
 // One row of the forward. x, y: (n,), n >= 1.
 //   softmax:     y = exp(x - m) (stored, summed into s), then y *= 1/s
-//   log_softmax: s = sum exp(x - m), then y = x - (m + log s)
+//   log_softmax: s = sum exp(x - m), then y = (x - m) - log s
 // next_x/next_y: the next row (prefetched during the exp pass, which is compute-bound), or null.
 template <class Isa, class T>
 void softmax_row_forward(const T* x, T* y, int64_t n, bool log, const T* next_x, T* next_y) {

@@ -15,14 +15,14 @@ import numpy as np
 from .. import _core, reference
 from .._backend import use_reference
 from ._checks import float_array
-from .linear_pair import check_grad_output
+from ._pairs import c_order, check_grad_output
 
 
 def _forward(name: str, x, needs_grad: bool, keep: str):
     x = float_array(x, "x")
     if use_reference():
         return getattr(reference, f"{name}_forward")(x, needs_grad=needs_grad)
-    x = np.ascontiguousarray(x)
+    x = c_order(x)
     y = _core.activation_forward(name, x)
     if not needs_grad:
         return y, None
@@ -36,7 +36,7 @@ def _backward(name: str, grad_output, workspace):
         return getattr(reference, f"{name}_backward")(dy, workspace)
     kind, saved = workspace
     dy = check_grad_output(grad_output, saved.shape, saved.dtype)
-    return (_core.activation_backward(kind, np.ascontiguousarray(dy), saved),)
+    return (_core.activation_backward(kind, c_order(dy), saved),)
 
 
 def relu_forward(x, *, needs_grad: bool = True):
@@ -57,7 +57,7 @@ def gelu_forward(x, approximate: str = "none", *, needs_grad: bool = True):
     if use_reference():
         return reference.gelu_forward(x, approximate, needs_grad=needs_grad)
     name = "gelu_erf" if approximate == "none" else "gelu_tanh"
-    x = np.ascontiguousarray(x)
+    x = c_order(x)
     y = _core.activation_forward(name, x)
     return y, ((name, x) if needs_grad else None)
 

@@ -12,7 +12,7 @@ import numpy as np
 from .. import _core, reference
 from .._backend import use_reference
 from ._checks import float_array
-from .linear_pair import check_grad_output
+from ._pairs import c_order, check_grad_output
 
 
 def _check_p(p) -> float:
@@ -40,7 +40,7 @@ def dropout_forward(x, p: float = 0.5, training: bool = True, *, seed, needs_gra
         return reference.dropout_forward(x, p, bool(training), seed=seed, needs_grad=needs_grad)
     if not training:
         return x.copy(), (("identity", x.shape, x.dtype) if needs_grad else None)
-    y = _core.dropout(np.ascontiguousarray(x), p, seed)
+    y = _core.dropout(c_order(x), p, seed)
     return y, (("mask", x.shape, x.dtype, p, seed) if needs_grad else None)
 
 
@@ -56,4 +56,4 @@ def dropout_backward(grad_output, workspace):
     if workspace[0] == "identity":
         return (dy.copy(),)
     _, _, _, p, seed = workspace
-    return (_core.dropout(np.ascontiguousarray(dy), p, seed),)
+    return (_core.dropout(c_order(dy), p, seed),)

@@ -9,7 +9,7 @@ import numpy as np
 from .. import _core, reference
 from .._backend import use_reference
 from ._checks import float_array, same_dtype, shape_str
-from .linear_pair import check_grad_output
+from ._pairs import c_order
 
 
 def _runs(a_shape: tuple, b_shape: tuple) -> list[tuple[bool, int]]:
@@ -41,7 +41,7 @@ def add_forward(a, b, *, needs_grad: bool = True):
                          f"got {shape_str(b.shape)}")
     if use_reference():
         return reference.add_forward(a, b, needs_grad=needs_grad)
-    a_c = np.ascontiguousarray(a).reshape(-1)
+    a_c = c_order(a).reshape(-1)
     b_shape = b.shape
     runs = _runs(a.shape, b.shape)
     kinds = "".join("B" if bc else "K" for bc, _ in runs)
@@ -61,7 +61,7 @@ def add_forward(a, b, *, needs_grad: bool = True):
     else:  # four or more alternating runs: b is expanded to a's shape first
         b = np.broadcast_to(b, a.shape)
         plan = (0, 1, 1, a.size)
-    y = _core.add_broadcast(a_c, np.ascontiguousarray(b).reshape(-1), *plan).reshape(a.shape)
+    y = _core.add_broadcast(a_c, c_order(b).reshape(-1), *plan).reshape(a.shape)
     return y, ((a.shape, b_shape) if needs_grad else None)
 
 
@@ -74,7 +74,7 @@ def add_backward(grad_output, workspace):
                          f"got {shape_str(dy.shape)}")
     if use_reference():
         return reference.add_backward(dy, workspace)
-    dy = np.ascontiguousarray(dy)
+    dy = c_order(dy)
     sizes = [size for _, size in _runs(a_shape, b_shape)]
     bcast = [bc for bc, _ in _runs(a_shape, b_shape)]
     db = dy.reshape(-1)

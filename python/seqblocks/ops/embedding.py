@@ -11,7 +11,7 @@ import numpy as np
 from .. import _core, reference
 from .._backend import use_reference
 from ._checks import float_array, ndim_in
-from .linear_pair import check_grad_output
+from ._pairs import c_order, check_grad_output
 
 
 def _indices(indices) -> np.ndarray:
@@ -36,7 +36,7 @@ def embedding_forward(indices, weight, padding_idx=None, *, needs_grad: bool = T
     if idx.dtype == np.uint64 and idx.size and int(idx.max()) > np.iinfo(np.int64).max:
         reference.embedding.check_indices(idx, num_embeddings)
     idx64 = idx.astype(np.int64, order="C", copy=False)  # keeps 0-d arrays 0-d
-    out = _core.embedding_forward(idx64.reshape(-1), np.ascontiguousarray(weight))
+    out = _core.embedding_forward(idx64.reshape(-1), c_order(weight))
     out = out.reshape(idx.shape + (dim,))
     return out, ((idx64, weight.shape, weight.dtype, pad) if needs_grad else None)
 
@@ -47,6 +47,6 @@ def embedding_backward(grad_output, workspace):
     dy = check_grad_output(grad_output, idx.shape + (shape[1],), dtype)
     if use_reference():
         return reference.embedding_backward(dy, workspace)
-    dweight = _core.embedding_backward(np.ascontiguousarray(dy).reshape(-1, shape[1]), idx.reshape(-1),
+    dweight = _core.embedding_backward(c_order(dy).reshape(-1, shape[1]), idx.reshape(-1),
                                        shape[0], -1 if pad is None else pad)
     return None, dweight

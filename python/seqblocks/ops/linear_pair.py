@@ -13,6 +13,7 @@ import numpy as np
 from .. import _core, reference
 from .._backend import use_reference
 from ._checks import float_array, ndim_in, same_dtype, shape_str
+from ._pairs import c_order, check_grad_output
 from .gemm import linear
 
 
@@ -36,17 +37,6 @@ def _check(x, weight, bias):
     return x, weight, bias
 
 
-def check_grad_output(grad_output, shape: tuple, dtype: np.dtype) -> np.ndarray:
-    """grad_output as an array of the forward output's shape and dtype, else TypeError/ValueError."""
-    dy = float_array(grad_output, "grad_output")
-    if dy.dtype != dtype:
-        raise TypeError(f"grad_output: expected dtype {dtype} (the forward's), got {dy.dtype}")
-    if dy.shape != tuple(shape):
-        raise ValueError(f"grad_output: expected shape {shape_str(tuple(shape))} (the forward output's), "
-                         f"got {shape_str(dy.shape)}")
-    return dy
-
-
 def linear_forward(x, weight, bias=None, *, needs_grad: bool = True):
     """y = x @ weight.T + bias. x (..., in), weight (out, in), bias (out,) or None -> y (..., out).
 
@@ -57,7 +47,7 @@ def linear_forward(x, weight, bias=None, *, needs_grad: bool = True):
     y = linear(x, weight, bias)
     if not needs_grad:
         return y, None
-    return y, (np.ascontiguousarray(x), np.ascontiguousarray(weight), bias is not None)
+    return y, (c_order(x), c_order(weight), bias is not None)
 
 
 def linear_backward(grad_output, workspace):
@@ -68,6 +58,6 @@ def linear_backward(grad_output, workspace):
     if use_reference():
         return reference.linear_backward(dy, workspace)
     rows = math.prod(x.shape[:-1])
-    dx, dweight, dbias = _core.linear_backward(np.ascontiguousarray(dy).reshape(rows, out_features),
+    dx, dweight, dbias = _core.linear_backward(c_order(dy).reshape(rows, out_features),
                                                x.reshape(rows, in_features), weight, has_bias)
     return dx.reshape(x.shape), dweight, dbias

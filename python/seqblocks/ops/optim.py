@@ -11,6 +11,7 @@ import numpy as np
 
 from .. import _core, reference
 from .._backend import use_reference
+from ._pairs import c_order
 from ._checks import FLOAT_DTYPES, shape_str
 
 
@@ -37,7 +38,7 @@ def _grad(grad, param: np.ndarray) -> np.ndarray:
         raise TypeError(f"grad: expected dtype {param.dtype} (param's), got {g.dtype}")
     if g.shape != param.shape:
         raise ValueError(f"grad: expected shape {shape_str(param.shape)} (param's), got {shape_str(g.shape)}")
-    return np.ascontiguousarray(g)
+    return c_order(g)
 
 
 def sgd_step_(param, grad, momentum_buffer, *, lr, momentum=0.0, dampening=0.0, weight_decay=0.0,

@@ -35,8 +35,9 @@ def relu_forward(x: np.ndarray, *, needs_grad: bool = True):
     return y, (y if needs_grad else None)
 
 
-def relu_backward(grad_output: np.ndarray, y: np.ndarray):
-    """dx = dy where y > 0 or y is NaN, else 0 (PyTorch's threshold_backward)."""
+def relu_backward(grad_output: np.ndarray, workspace):
+    """dx = dy where y > 0 or y is NaN, else 0 (PyTorch's threshold_backward). Workspace: y."""
+    y = workspace
     return (np.where(y <= 0, grad_output.dtype.type(0), grad_output).astype(grad_output.dtype),)
 
 
@@ -48,20 +49,22 @@ def gelu_forward(x: np.ndarray, approximate: str = "none", *, needs_grad: bool =
 
 
 def gelu_backward(grad_output: np.ndarray, workspace):
+    """dx = dy gelu'(x). Workspace: (x, approximate)."""
     x, approximate = workspace
     w = _wide(x)
-    if approximate == "none":
-        big_phi = 0.5 * _erfc(-w / math.sqrt(2.0)).astype(np.float64)
-        small_phi = np.exp(-0.5 * w * w) / math.sqrt(2.0 * math.pi)
-        d = big_phi + w * small_phi
-    else:
-        u = _K * (w + _C * w**3)
-        # 1 + t = 2 sigmoid(2u), 1 - t = 2 sigmoid(-2u): no cancellation for |u| large.
-        with np.errstate(over="ignore"):
+    # inf inputs give inf * 0 = NaN (as PyTorch's formula does); no warning for that.
+    with np.errstate(over="ignore", invalid="ignore"):
+        if approximate == "none":
+            big_phi = 0.5 * _erfc(-w / math.sqrt(2.0)).astype(np.float64)
+            small_phi = np.exp(-0.5 * w * w) / math.sqrt(2.0 * math.pi)
+            d = big_phi + w * small_phi
+        else:
+            u = _K * (w + _C * w**3)
+            # 1 + t = 2 sigmoid(2u), 1 - t = 2 sigmoid(-2u): no cancellation for |u| large.
             one_plus_t = 2.0 / (1.0 + np.exp(-2.0 * u))
             one_minus_t = 2.0 / (1.0 + np.exp(2.0 * u))
-        d = 0.5 * one_plus_t + 0.5 * w * one_plus_t * one_minus_t * _K * (1.0 + 3.0 * _C * w * w)
-    return ((_wide(grad_output) * d).astype(grad_output.dtype),)
+            d = 0.5 * one_plus_t + 0.5 * w * one_plus_t * one_minus_t * _K * (1.0 + 3.0 * _C * w * w)
+        return ((_wide(grad_output) * d).astype(grad_output.dtype),)
 
 
 def tanh_forward(x: np.ndarray, *, needs_grad: bool = True):
@@ -70,8 +73,9 @@ def tanh_forward(x: np.ndarray, *, needs_grad: bool = True):
     return y, (y if needs_grad else None)
 
 
-def tanh_backward(grad_output: np.ndarray, y: np.ndarray):
-    w = _wide(y)
+def tanh_backward(grad_output: np.ndarray, workspace):
+    """dx = dy (1 - y^2). Workspace: y."""
+    w = _wide(workspace)
     return ((_wide(grad_output) * (1.0 - w * w)).astype(grad_output.dtype),)
 
 
@@ -81,6 +85,7 @@ def sigmoid_forward(x: np.ndarray, *, needs_grad: bool = True):
     return y, (y if needs_grad else None)
 
 
-def sigmoid_backward(grad_output: np.ndarray, y: np.ndarray):
-    w = _wide(y)
+def sigmoid_backward(grad_output: np.ndarray, workspace):
+    """dx = dy y (1 - y). Workspace: y."""
+    w = _wide(workspace)
     return ((_wide(grad_output) * w * (1.0 - w)).astype(grad_output.dtype),)
