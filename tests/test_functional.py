@@ -297,3 +297,12 @@ def test_bad_input(r):
         F.linear(r.standard_normal((2, 3)).astype(np.float32), r.standard_normal((4, 3)))
     with pytest.raises(NotImplementedError, match="target"):
         F.cross_entropy(r.standard_normal((2, 3)), tensor(r.dirichlet(np.ones(3), 2), requires_grad=True))
+
+
+def test_mixed_dtype_graph_casts_gradients(be, r):
+    x = tensor(r.standard_normal((3, 4)).astype(np.float32), requires_grad=True)
+    scale = r.standard_normal((3, 4))  # float64: the product (and the loss) is float64
+    loss = (F.relu(F.layer_norm(x, (4,))) * scale).sum()
+    assert loss.dtype == np.float64
+    loss.backward()  # the float64 gradient reaches the float32 ops as float32
+    assert x.grad.dtype == np.float32 and np.isfinite(x.grad).all()

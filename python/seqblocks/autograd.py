@@ -590,7 +590,8 @@ class Function:
                     requires = True
                     needs.append(True)
                     node = a._node
-                    edges.append((a, 0, a.data.shape) if node is None else (node, a._index, a.data.shape))
+                    d = a.data
+                    edges.append((a, 0, d.shape, d.dtype) if node is None else (node, a._index, d.shape, d.dtype))
                     continue
             else:
                 arrays.append(a)
@@ -749,13 +750,15 @@ def backward(tensors: Sequence[Tensor], grad_tensors=None, retain_graph: bool | 
             i += 1
             if e is None:
                 continue
-            target, index, shape = e
+            target, index, shape, dtype = e
             if g is not None:
                 if type(g) is not np.ndarray:
                     g = g.data if isinstance(g, Tensor) else np.asarray(g)
                 if g.shape != shape:
                     raise RuntimeError(f"function {node.name()} returned an invalid gradient at index {i} - "
                                        f"got shape {g.shape} but expected shape {shape}")
+                if g.dtype != dtype:  # a gradient has its tensor's dtype (mixed-precision graphs)
+                    g = g.astype(dtype)
             if type(target) is _Context:
                 if g is not None:
                     tslots = grads.get(target)
