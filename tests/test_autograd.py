@@ -268,8 +268,10 @@ def test_backward_errors(r):
         y.backward(np.ones(4, np.float32))
     with pytest.raises(RuntimeError, match="does not require grad"):
         tensor([1.0, 2.0]).sum().backward()
-    y.backward(np.ones(3, np.float32))
+    y.backward(np.ones(3, np.float32), retain_graph=True)
     np.testing.assert_array_equal(x.grad, np.full(3, 2.0))
+    y.backward(grad=seqblocks.tensor(np.ones(3, np.float32)))  # keyword form, Tensor gradient
+    np.testing.assert_array_equal(x.grad, np.full(3, 4.0))
 
 
 def test_backward_on_leaf(r):

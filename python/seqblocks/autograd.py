@@ -228,11 +228,16 @@ class Tensor:
         """A tensor sharing this one's data, outside the graph."""
         return Tensor(self.data)
 
-    def backward(self, gradient=None, retain_graph: bool | None = None) -> None:
+    def backward(self, gradient=None, retain_graph: bool | None = None, *, grad=None) -> None:
         """Accumulate d(self)/d(leaf) into every leaf's ``.grad``.
 
-        ``gradient`` may be omitted only for a one-element tensor (taken as 1), as in PyTorch.
+        ``gradient`` (or ``grad=``) may be omitted only for a one-element tensor (taken as 1), as in
+        PyTorch. Without ``retain_graph=True`` the graph is freed.
         """
+        if grad is not None:
+            if gradient is not None:
+                raise TypeError("backward: pass the gradient once (gradient or grad)")
+            gradient = grad
         backward([self], None if gradient is None else [gradient], retain_graph=retain_graph)
 
     # -- array protocol -------------------------------------------------------------------
