@@ -278,7 +278,7 @@ def test_pickled_payload_is_never_executed(tmp_path, monkeypatch):
     path = tmp_path / "evil.sb"
     _craft(path, {"format": "seqblocks-checkpoint", "version": 1, "root": {"t": "array", "entry": "arrays/0.npy"}},
            [("arrays/0.npy", buf.getvalue())])
-    expect_error(path, match="checkpoint")
+    expect_error(path, match="Python objects")
     assert not (tmp_path / "pwned").exists()
 
 
@@ -296,3 +296,20 @@ def test_rng_state_round_trip(tmp_path):
     np.testing.assert_array_equal(nn.Linear(5, 5).weight.data, first)
     with pytest.raises(ValueError, match="get_rng_state"):
         seqblocks.set_rng_state({"x": 1})
+
+
+def test_huge_declared_array_is_refused_without_allocating(tmp_path):
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "<f8", "fortran_order": False, "shape": (10 ** 12,)})
+    path = tmp_path / "huge.sb"
+    _craft(path, {"format": "seqblocks-checkpoint", "version": 1, "root": {"t": "array", "entry": "arrays/0.npy"}},
+           [("arrays/0.npy", header.getvalue() + b"\0" * 64)])
+    expect_error(path, match="declares 8000000000000 bytes")
+
+
+def test_compressed_entries_are_refused(tmp_path):
+    path = tmp_path / "deflated.sb"
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr(serialization.MANIFEST, json.dumps({"format": "seqblocks-checkpoint", "version": 1,
+                                                         "root": {"t": "none"}}))
+    expect_error(path, match="stored entry")

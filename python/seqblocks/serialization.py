@@ -16,7 +16,9 @@ Tensors and Parameters are saved as their arrays (loading gives NumPy arrays, wh
 
 ``save`` is atomic: it writes a temporary file in the destination directory, fsyncs it, then
 ``os.replace``s it over ``path`` (and fsyncs the directory), so a crash at any point leaves either
-the old file or the complete new one. ``load`` turns every malformed input (truncated, corrupt,
+the old file or the complete new one. ``load`` reads only stored (uncompressed) entries whose
+sizes are backed by the file, checks every ``.npy`` header against its entry size before
+allocating, refuses object dtypes, and verifies each entry's CRC-32. ``load`` turns every malformed input (truncated, corrupt,
 foreign, wrong version, entries missing) into ``CheckpointError`` (a ``ValueError``) naming the
 path; a missing file raises ``FileNotFoundError``.
 """
@@ -158,23 +160,58 @@ def save(obj: Any, f) -> None:
 
 
 class _Reader:
-    def __init__(self, zf: zipfile.ZipFile, name: str) -> None:
+    def __init__(self, zf: zipfile.ZipFile, name: str, archive_size: int) -> None:
         self.zf = zf
         self.name = name
+        self.archive_size = archive_size
         self.entries = set(zf.namelist())
 
     def fail(self, message: str):
         raise CheckpointError(f"{self.name}: {message}")
 
+    def open(self, entry: str):
+        """An entry, after checking that its declared size is backed by bytes of the file (no
+        allocation is ever sized by an unchecked header)."""
+        info = self.zf.getinfo(entry)
+        if info.compress_type != zipfile.ZIP_STORED or info.file_size != info.compress_size \
+                or info.file_size > self.archive_size:
+            self.fail(f"entry {entry!r} is not a stored entry of a plausible size")
+        return self.zf.open(info), info.file_size
+
+    def read(self, entry: str) -> bytes:
+        f, _ = self.open(entry)
+        with f:
+            return f.read()
+
     def array(self, node: dict) -> np.ndarray:
         entry = node.get("entry")
         if not isinstance(entry, str) or entry not in self.entries:
             self.fail(f"array entry {entry!r} is missing")
-        with self.zf.open(entry) as f:
-            arr = np.lib.format.read_array(f, allow_pickle=False)
+        f, size = self.open(entry)
+        with f:
+            version = np.lib.format.read_magic(f)
+            if version == (1, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+            elif version == (2, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+            else:
+                self.fail(f"array entry {entry!r} has .npy version {version}")
+            if dtype.hasobject:
+                self.fail(f"array entry {entry!r} holds Python objects (dtype {dtype}); refusing to unpickle")
+            count = 1
+            for d in shape:
+                count *= d
+            nbytes = count * dtype.itemsize
+            if nbytes != size - f.tell():
+                self.fail(f"array entry {entry!r} declares {nbytes} bytes of data, the entry holds {size - f.tell()}")
+            arr = np.empty(count, dtype)
+            view = memoryview(arr.view(np.uint8)) if nbytes else None
+            got = f.readinto(view) if nbytes else 0
+            if got != nbytes:
+                self.fail(f"array entry {entry!r} is truncated")
             if f.read(1):  # reading to the end also makes zipfile verify the entry's CRC-32
                 self.fail(f"array entry {entry!r} has trailing bytes")
-            return arr
+        return arr.reshape(shape, order="F" if fortran else "C")
 
     def node(self, node: Any, depth: int = 0):
         if depth > _MAX_DEPTH + 2:
@@ -224,7 +261,8 @@ def load(f, map_location=None, weights_only: bool = True):
     seqblocks checkpoint. ``map_location`` and ``weights_only`` are accepted for PyTorch
     compatibility and ignored (everything is CPU NumPy; nothing but data is ever loaded).
     """
-    if hasattr(f, "read"):
+    is_file = hasattr(f, "read")
+    if is_file:
         name = getattr(f, "name", "<file object>")
         source = f
     else:
@@ -233,10 +271,17 @@ def load(f, map_location=None, weights_only: bool = True):
             raise FileNotFoundError(f"{name}: no such file")
         source = name
     try:
+        if is_file:
+            start = f.tell()
+            archive_size = f.seek(0, os.SEEK_END) - start
+            f.seek(start)
+        else:
+            archive_size = os.path.getsize(name)
         with zipfile.ZipFile(source, "r") as zf:
             if MANIFEST not in zf.namelist():
                 raise CheckpointError(f"{name}: not a seqblocks checkpoint (no {MANIFEST} entry)")
-            raw = zf.read(MANIFEST)
+            reader = _Reader(zf, name, archive_size)
+            raw = reader.read(MANIFEST)
             try:
                 manifest = json.loads(raw.decode("utf-8"))
             except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -246,7 +291,7 @@ def load(f, map_location=None, weights_only: bool = True):
             if manifest.get("version") != VERSION:
                 raise CheckpointError(f"{name}: checkpoint version {manifest.get('version')!r} is not supported "
                                       f"(this seqblocks reads version {VERSION})")
-            return _Reader(zf, name).node(manifest.get("root"))
+            return reader.node(manifest.get("root"))
     except CheckpointError:
         raise
     except FileNotFoundError:
