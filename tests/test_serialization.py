@@ -313,3 +313,27 @@ def test_compressed_entries_are_refused(tmp_path):
         zf.writestr(serialization.MANIFEST, json.dumps({"format": "seqblocks-checkpoint", "version": 1,
                                                          "root": {"t": "none"}}))
     expect_error(path, match="stored entry")
+
+
+def test_random_byte_flips_never_crash(tmp_path):
+    obj = {"w": np.arange(64, dtype=np.float32).reshape(8, 8), "meta": {"step": 3, "name": "x"}, "l": [1.5, None]}
+    good_path = tmp_path / "good.sb"
+    seqblocks.save(obj, good_path)
+    data = good_path.read_bytes()
+    rng = np.random.default_rng(0)
+    path = tmp_path / "flipped.sb"
+    outcomes = {"error": 0, "same": 0}
+    for _ in range(300):
+        corrupted = bytearray(data)
+        pos = int(rng.integers(len(data)))
+        corrupted[pos] ^= 1 << int(rng.integers(8))
+        path.write_bytes(bytes(corrupted))
+        try:
+            loaded = seqblocks.load(path)
+        except CheckpointError as exc:
+            assert str(path) in str(exc)
+            outcomes["error"] += 1
+            continue
+        assert_equal_tree(obj, loaded)  # a flip that loads must not have changed the content
+        outcomes["same"] += 1
+    assert outcomes["error"] > 250
