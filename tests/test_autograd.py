@@ -433,6 +433,7 @@ def test_tensor_factory_and_accessors():
     a[0] = 5
     assert c.data[0] == 1  # tensor() copies
     assert tensor(3.5).item() == 3.5 and float(tensor([2.0])) == 2.0
+    assert f"{tensor(0.25, dtype=np.float64):.3f}" == "0.250"
     assert np.asarray(t) is t.data and t.numpy() is t.data
     assert np.array(t, dtype=np.float64).dtype == np.float64
     assert "requires_grad=True" in repr(tensor([1.0], requires_grad=True))

@@ -293,6 +293,11 @@ class Tensor:
     def __bool__(self) -> bool:
         return bool(self.item())
 
+    def __format__(self, spec: str) -> str:
+        if self.data.ndim == 0:
+            return format(self.data.item(), spec)
+        return format(repr(self), spec) if spec else repr(self)
+
     def __iter__(self):
         for i in range(len(self)):
             yield self[i]
