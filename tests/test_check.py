@@ -106,3 +106,11 @@ def test_command_line():
     assert "softmax" in proc.stdout and "backward" in proc.stdout
     proc = subprocess.run([sys.executable, "-m", "seqblocks"], capture_output=True, text=True, env=env, timeout=60)
     assert "check" in proc.stdout
+
+
+def test_registry_covers_every_op():
+    covered = set()
+    for entry in check.REGISTRY:
+        covered |= {entry.op + "_forward", entry.op + "_backward"} if entry.kind == "pair" else {entry.op}
+    missing = sorted(set(ops.__all__) - covered)
+    assert not missing, f"add an OpCheck entry to seqblocks/check.py for {missing}"
