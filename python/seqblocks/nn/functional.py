@@ -8,7 +8,6 @@ workspace, on the backend that made it. Inputs may be Tensors or NumPy arrays; o
 
 from __future__ import annotations
 
-import math
 import warnings
 
 import numpy as np

@@ -11,7 +11,6 @@ other schedulers); LambdaLR and InverseSqrtLR are closed forms of ``base_lr`` (t
 from __future__ import annotations
 
 import math
-from typing import Callable
 
 from .optimizer import Optimizer
 

@@ -5,7 +5,7 @@ so it can be saved with ``seqblocks.save``."""
 from __future__ import annotations
 
 import copy
-from typing import Any, Callable, Iterable
+from typing import Callable, Iterable
 
 import numpy as np
 
