@@ -306,3 +306,24 @@ def test_mixed_dtype_graph_casts_gradients(be, r):
     assert loss.dtype == np.float64
     loss.backward()  # the float64 gradient reaches the float32 ops as float32
     assert x.grad.dtype == np.float32 and np.isfinite(x.grad).all()
+
+
+def test_concurrent_training_steps_in_threads(r):
+    import concurrent.futures
+
+    x = r.standard_normal((8, 16)).astype(np.float32)
+    w0 = r.standard_normal((5, 16)).astype(np.float32)
+    target = r.integers(0, 5, 8)
+
+    def grad_of(backend_name):
+        w = tensor(w0, requires_grad=True)
+        with seqblocks.backend(backend_name):
+            for _ in range(20):
+                w.grad = None
+                F.cross_entropy(F.gelu(F.linear(x, w)), target).backward()
+        return backend_name, w.grad
+
+    expected = {name: grad_of(name)[1] for name in ("native", "numpy")}
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        for name, grad in pool.map(grad_of, ["native", "numpy"] * 4):
+            np.testing.assert_array_equal(grad, expected[name])
