@@ -205,6 +205,7 @@ def _compare_grads(ours, theirs, k):
 
 @pytest.mark.parametrize("be", ["native", "numpy"])
 @pytest.mark.parametrize("case", ["linear", "linear_nobias", "embedding", "layernorm", "layernorm_noaffine",
+                                  "layernorm_nobias", "layernorm_2d",
                                   "relu", "gelu", "gelu_tanh", "tanh", "sigmoid", "softmax", "logsoftmax",
                                   "dropout_eval", "identity", "sequential"])
 def test_module_matches_torch(r, be, case):
@@ -215,6 +216,7 @@ def test_module_matches_torch(r, be, case):
             "linear": lambda: m.Linear(33, 17), "linear_nobias": lambda: m.Linear(33, 17, bias=False),
             "embedding": lambda: m.Embedding(40, 33, padding_idx=3), "layernorm": lambda: m.LayerNorm(33),
             "layernorm_noaffine": lambda: m.LayerNorm(33, elementwise_affine=False), "relu": m.ReLU,
+            "layernorm_nobias": lambda: m.LayerNorm(33, bias=False), "layernorm_2d": lambda: m.LayerNorm((5, 33)),
             "gelu": m.GELU, "gelu_tanh": lambda: m.GELU(approximate="tanh"), "tanh": m.Tanh, "sigmoid": m.Sigmoid,
             "softmax": lambda: m.Softmax(dim=-1), "logsoftmax": lambda: m.LogSoftmax(dim=1),
             "dropout_eval": lambda: m.Dropout(0.3).eval(), "identity": m.Identity,
