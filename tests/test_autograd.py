@@ -517,3 +517,15 @@ def test_backward_of_several_roots_at_once(r):
     h = x * 3
     backward([h.sum(), (h * h).sum()])  # the shared h gets both contributions before it runs
     np.testing.assert_allclose(x.grad, 3 + 18 * x.data)
+
+
+def test_comparisons_give_boolean_tensors():
+    x = tensor([1.0, 2.0, 3.0], requires_grad=True)
+    labels = np.array([1.0, 0.0, 3.0])
+    eq = x == labels
+    assert isinstance(eq, Tensor) and eq.dtype == np.bool_ and not eq.requires_grad
+    assert eq.tolist() == [True, False, True] and (x != labels).tolist() == [False, True, False]
+    assert (labels == x).tolist() == [True, False, True]  # reflected through NumPy's deferral
+    assert (x > 1.5).tolist() == [False, True, True] and (x <= tensor([1.0, 1.0, 1.0])).tolist() == [True, False, False]
+    assert (x == labels).float().mean().item() == pytest.approx(2 / 3)
+    assert {x: 1}[x] == 1 and x in {x}

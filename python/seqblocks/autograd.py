@@ -347,6 +347,32 @@ class Tensor:
     def __neg__(self):
         return _Neg.apply(self)
 
+    # element-wise comparisons give boolean tensors outside the graph (as in PyTorch); hashing
+    # stays by identity, so Tensors still work as dict keys and set members
+    __hash__ = object.__hash__
+
+    def _compare(self, other, op):
+        other = other.data if isinstance(other, Tensor) else other
+        return Tensor(op(self.data, other))
+
+    def __eq__(self, other):  # type: ignore[override]
+        return self._compare(other, np.equal)
+
+    def __ne__(self, other):  # type: ignore[override]
+        return self._compare(other, np.not_equal)
+
+    def __lt__(self, other):
+        return self._compare(other, np.less)
+
+    def __le__(self, other):
+        return self._compare(other, np.less_equal)
+
+    def __gt__(self, other):
+        return self._compare(other, np.greater)
+
+    def __ge__(self, other):
+        return self._compare(other, np.greater_equal)
+
     def __pos__(self):
         return self
 
