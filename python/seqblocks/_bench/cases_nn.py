@@ -14,7 +14,7 @@ def cases(quick: bool) -> list[Case]:
     import seqblocks.nn.functional as F
 
     torch = torch_or_none()
-    batch, seq, vocab, dim, classes = (16, 16, 1000, 128, 10) if quick else (64, 32, 5000, 256, 10)
+    batch, seq, vocab, dim, classes = (16, 16, 1000, 128, 10) if quick else (32, 32, 2000, 128, 10)
     rng = np.random.default_rng(0)
     tokens = rng.integers(1, vocab, (batch, seq))
     labels = rng.integers(0, classes, batch)
