@@ -529,3 +529,18 @@ def test_comparisons_give_boolean_tensors():
     assert (x > 1.5).tolist() == [False, True, True] and (x <= tensor([1.0, 1.0, 1.0])).tolist() == [True, False, False]
     assert (x == labels).float().mean().item() == pytest.approx(2 / 3)
     assert {x: 1}[x] == 1 and x in {x}
+
+
+def test_retain_grad(r):
+    x = tensor(r.standard_normal(3), requires_grad=True, dtype=np.float64)
+    h = x * 2
+    h.retain_grad()
+    x.retain_grad()  # a no-op on leaves
+    y = h * h
+    y.retain_grad()
+    y.sum().backward()
+    np.testing.assert_allclose(h.grad, 2 * h.data)
+    np.testing.assert_array_equal(y.grad, np.ones(3))
+    np.testing.assert_allclose(x.grad, 4 * h.data)
+    with pytest.raises(RuntimeError, match="requires_grad=False"):
+        (tensor([1.0]) * 1).retain_grad()

@@ -28,6 +28,7 @@ from __future__ import annotations
 import functools
 import math
 import threading
+import weakref
 from typing import Any, Iterable, Sequence
 
 import numpy as np
@@ -223,6 +224,16 @@ class Tensor:
     @property
     def grad_fn(self):
         return self._node
+
+    def retain_grad(self) -> None:
+        """Also store this non-leaf tensor's gradient in ``.grad`` during backward (a no-op for
+        leaves). The graph keeps only a weak reference to the tensor."""
+        if not self._requires_grad:
+            raise RuntimeError("can't retain_grad on a Tensor that has requires_grad=False")
+        if self._node is None:
+            return
+        retained = self._node.__dict__.setdefault("_retained", {})
+        retained[self._index] = weakref.ref(self)
 
     def detach(self) -> "Tensor":
         """A tensor sharing this one's data, outside the graph."""
@@ -772,6 +783,13 @@ def backward(tensors: Sequence[Tensor], grad_tensors=None, retain_graph: bool | 
                 for i, s in enumerate(slots):
                     if s is None and meta[i] is not None:
                         slots[i] = np.zeros(meta[i][0], dtype=meta[i][1])
+            retained = node.__dict__.get("_retained")
+            if retained:
+                for index, ref in retained.items():
+                    t = ref()
+                    if t is not None and slots[index] is not None:
+                        g = slots[index]
+                        t.grad = np.array(g, copy=True) if t.grad is None else t.grad + g
             in_grads = node._fn.backward(node, *slots)
             if not isinstance(in_grads, tuple):
                 in_grads = (in_grads,)
