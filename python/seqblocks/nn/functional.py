@@ -23,11 +23,9 @@ __all__ = ["cross_entropy", "dropout", "embedding", "gelu", "layer_norm", "linea
 
 
 class _OpsPair(Function):
-    """Base of the ``F`` functions: the first ``n_arrays`` forward arguments are the ops
-    forward's array inputs (in the ops order), the rest are options; backward returns the ops
-    backward's gradients followed by None for every option."""
-
-    op = ""
+    """Base of the ``F`` functions. ``apply`` takes the ops forward's array inputs first (in the
+    ops order), then the options, so the ops backward's gradients (one per array input) line up
+    with the first arguments and the options get None."""
 
     @staticmethod
     def _keep(ctx, op: str, workspace, n_args: int) -> None:
