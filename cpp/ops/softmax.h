@@ -1,10 +1,11 @@
 // Softmax and log-softmax over the last, contiguous dimension of a (rows, n) matrix, forward and
-// backward (the Python layer moves any other dim last). Also the row helpers shared with
-// cross_entropy: a vectorized exp, tail masks and the row max.
+// backward (the Python layer moves any other dim last). Also the row helpers (namespace rowops)
+// shared with layer_norm and cross_entropy: a vectorized exp, tail masks, the row max, prefetch of
+// the next row, streaming stores and the thread split.
 //
 //   m = max_j x_j,  s = sum_j exp(x_j - m)
 //   softmax:      y_j = exp(x_j - m) / s          dx_j = y_j * (dy_j - sum_k dy_k y_k)
-//   log_softmax:  y_j = x_j - m - log(s)          dx_j = dy_j - exp(y_j) * sum_k dy_k
+//   log_softmax:  y_j = (x_j - m) - log(s)        dx_j = dy_j - exp(y_j) * sum_k dy_k
 //
 // Rows are split across the threads of one OpenMP region; a row is never split, so results are
 // bit-identical for any thread count.
