@@ -152,6 +152,15 @@ def test_shapes_and_prob_targets(isa, rng, dtype, shape, probs):
         _check_against_reference(x, t, w, -100, reduction, 0.1, rng=rng)
 
 
+@pytest.mark.parametrize("probs", [False, True])
+def test_large_outputs_use_streaming_stores(isa, rng, probs):
+    """dinput of 4 MiB and more is written with streaming stores from each row's first aligned
+    element: rows of 1027 floats start at every alignment."""
+    x, t = _problem(rng, (1030, 1027), np.float32, probs)
+    w = rng.uniform(0.5, 2.0, 1027).astype(np.float32)
+    _check_against_reference(x, t, w, -100, "none", 0.1, rng=rng)
+
+
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 def test_native_gradcheck(isa, rng, reduction):
     x, t = _problem(rng, (5, 7), np.float64)

@@ -134,6 +134,14 @@ def test_multi_dim_normalized_shape_and_wide_rows(isa, rng, dtype):
     _check_against_reference(x, (4099,), w, b, rng=rng)
 
 
+@pytest.mark.parametrize("affine", [(True, True), (False, True)])
+def test_large_outputs_use_streaming_stores(isa, rng, affine):
+    """Outputs of 4 MiB and more are written with streaming stores from each row's first aligned
+    element: rows of 513 floats start at every alignment."""
+    x, w, b = _inputs(rng, (2049, 513), (513,), np.float32, affine)
+    _check_against_reference(x, (513,), w, b, rng=rng)
+
+
 @pytest.mark.parametrize("affine", [(True, True), (False, False)])
 def test_native_gradcheck(isa, rng, affine):
     dims = (3, 5)

@@ -104,6 +104,14 @@ def test_every_dim_and_row_counts(isa, rng, op, dtype, shape, dim):
 
 
 @pytest.mark.parametrize("op", OPS)
+def test_large_outputs_use_streaming_stores(isa, rng, op):
+    """dx of 4 MiB and more is written with streaming stores from each row's first aligned
+    element: rows of 513 floats start at every alignment."""
+    x = (rng.standard_normal((2049, 513)) * 4).astype(np.float32)
+    _check_against_reference(op, x, -1, rng)
+
+
+@pytest.mark.parametrize("op", OPS)
 def test_native_gradcheck(isa, rng, op):
     fwd, bwd = _pair(op)
     gradcheck(lambda x: fwd(x, -1), bwd, [rng.standard_normal((3, 19)) * 2])

@@ -35,7 +35,7 @@ py::array add_impl(const py::array& a_arr, const py::array& b_arr, int mode, int
   if (mode != 0 && mode != 1) throw std::invalid_argument("mode: expected 0 or 1, got " + std::to_string(mode));
   const int64_t total = checked_volume(outer, mid, inner, "add_broadcast");
   expect_size(a_arr, total, "a");
-  expect_size(b_arr, mode == 0 ? outer * inner : mid, "b");
+  expect_size(b_arr, mode == 0 ? checked_mul(outer, inner, "add_broadcast b") : mid, "b");
   auto a = c_input<T>(a_arr);
   auto b = c_input<T>(b_arr);
   py::array_t<T> y(static_cast<py::ssize_t>(total));
@@ -59,7 +59,7 @@ py::array sum_axis_impl(const py::array& x_arr, int64_t outer, int64_t mid, int6
   const int64_t total = checked_volume(outer, mid, inner, "sum_axis");
   expect_size(x_arr, total, "x");
   auto x = c_input<T>(x_arr);
-  py::array_t<T> out(static_cast<py::ssize_t>(outer * inner));
+  py::array_t<T> out(static_cast<py::ssize_t>(checked_mul(outer, inner, "sum_axis output")));
   const T* px = x.data();
   T* po = out.mutable_data();
   {

@@ -16,7 +16,6 @@ namespace {
 
 using rowops::exp_approx;
 using rowops::prefetch_lines;
-using rowops::prefetch_lines_for_write;
 using rowops::tail_mask;
 
 // Sums over one row of the exp pass: s = sum exp(x - m), and
@@ -138,7 +137,7 @@ void cross_entropy_forward(const CrossEntropyForwardArgs<T>& a) {
   }
 }
 
-// One pass per row: p = exp((x - m) - log s), then
+// One pass per row: p = exp((x - m) - log s), then (dx streamed out for large outputs)
 //   indices:       dx = cp * p - cw * w  (cw * 1 without weights), dx_t -= scale (1 - eps) w_t
 //   probabilities: dx = cp * p - scale * w * q'
 template <class Isa, class T, bool Probs, bool HasW>
@@ -154,6 +153,7 @@ void backward_rows(const CrossEntropyBackwardArgs<T>& a, int64_t begin, int64_t 
     for (int64_t c = 0; c < C; ++c) wsum += static_cast<double>(a.w[c]);
   }
   const T keep = static_cast<T>(1.0 - eps), spread = static_cast<T>(eps / static_cast<double>(C));
+  const bool streaming = rowops::stream_worthwhile(a.rows * C, sizeof(T));
   for (int64_t r = begin; r < end; ++r) {
     const T* x = a.x + r * C;
     T* dx = a.dx + r * C;
@@ -175,27 +175,29 @@ void backward_rows(const CrossEntropyBackwardArgs<T>& a, int64_t begin, int64_t 
     const reg vkeep = V::set1(keep), vspread = V::set1(spread);
     const T* q = Probs ? a.q + r * C : nullptr;
     const bool more = r + 1 < end;
-    auto value = [&](reg xv, reg wv, reg qv) {
+    auto value = [&](int64_t at, int lanes) {
+      const bool full = lanes == W;
+      if (full && more) {
+        prefetch_lines(x + C + at, W);
+        if constexpr (Probs) prefetch_lines(q + C + at, W);
+      }
+      const reg xv = full ? V::load(x + at) : V::load_tail(x + at, lanes);
       const reg p = exp_approx<Isa, T>(V::sub(V::sub(xv, vm), vl));
-      reg sub = HasW ? wv : V::set1(T(1));
-      if constexpr (Probs) sub = V::mul(sub, V::fmadd(qv, vkeep, vspread));
+      reg sub = V::set1(T(1));
+      if constexpr (HasW) sub = full ? V::load(a.w + at) : V::load_tail(a.w + at, lanes);
+      if constexpr (Probs) {
+        const reg qv = full ? V::load(q + at) : V::load_tail(q + at, lanes);
+        sub = V::mul(sub, V::fmadd(qv, vkeep, vspread));
+      }
       return V::fnmadd(cw, sub, V::mul(cp, p));
     };
-    int64_t j = 0;
-    for (; j + W <= C; j += W) {
-      if (more) {
-        prefetch_lines(x + C + j, W);
-        prefetch_lines_for_write(dx + C + j, W);
-        if constexpr (Probs) prefetch_lines(q + C + j, W);
-      }
-      V::store(dx + j, value(V::load(x + j), HasW ? V::load(a.w + j) : V::zero(), Probs ? V::load(q + j) : V::zero()));
+    rowops::write_row<Isa, T>(dx, C, streaming, value);
+    if constexpr (!Probs) {
+      // The target's entry, recomputed in scalar (dx may just have been streamed out).
+      const double p_t = std::exp((static_cast<double>(x[t]) - static_cast<double>(a.row_max[r])) -
+                                  static_cast<double>(a.row_logsum[r]));
+      dx[t] = static_cast<T>(scale * (p_t * coef - eps / C * wt - (1.0 - eps) * wt));
     }
-    if (j < C) {
-      const int rem = static_cast<int>(C - j);
-      V::store_tail(dx + j, value(V::load_tail(x + j, rem), HasW ? V::load_tail(a.w + j, rem) : V::zero(),
-                                  Probs ? V::load_tail(q + j, rem) : V::zero()), rem);
-    }
-    if constexpr (!Probs) dx[t] = static_cast<T>(static_cast<double>(dx[t]) - scale * (1.0 - eps) * wt);
   }
 }
 
@@ -215,6 +217,7 @@ void cross_entropy_backward(const CrossEntropyBackwardArgs<T>& a) {
       if (a.w) backward_rows<Isa, T, false, true>(a, begin, end);
       else backward_rows<Isa, T, false, false>(a, begin, end);
     }
+    rowops::stream_fence();  // dx may have been written with streaming stores
   }
 }
 

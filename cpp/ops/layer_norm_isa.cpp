@@ -16,7 +16,6 @@ namespace seqblocks {
 namespace {
 
 using rowops::prefetch_lines;
-using rowops::prefetch_lines_for_write;
 using rowops::tail_mask;
 
 // sum_j x_j over (n,).
@@ -61,39 +60,34 @@ T row_sum_sq_dev(const T* x, int64_t n, T mean) {
   return V::hsum(V::add(s0, s1));
 }
 
-// y = (x - mean) * rstd * w + b over one row; next_x/next_y: the next row to prefetch, or null.
+// y = (x - mean) * rstd * w + b over one row; next_x: the next row to prefetch, or null.
 template <class Isa, class T, bool HasW, bool HasB>
 void normalize_row(const T* x, const T* w, const T* b, T* y, int64_t k, T mean, T rstd, const T* next_x,
-                   T* next_y) {
+                   bool streaming) {
   using V = Vec<Isa, T>;
   constexpr int W = V::width;
   const auto vm = V::set1(mean), vr = V::set1(rstd);
-  auto one = [&](int64_t j, typename V::reg xv, typename V::reg wv, typename V::reg bv) {
-    auto a = V::mul(V::sub(xv, vm), vr);
-    if constexpr (HasW && HasB) return V::fmadd(a, wv, bv);
-    if constexpr (HasW && !HasB) return V::mul(a, wv);
-    if constexpr (!HasW && HasB) return V::add(a, bv);
-    (void)j;
-    return a;
-  };
-  int64_t j = 0;
-  for (; j + W <= k; j += W) {
-    if (next_x) {
-      prefetch_lines(next_x + j, W);
-      prefetch_lines_for_write(next_y + j, W);
+  rowops::write_row<Isa, T>(y, k, streaming, [&](int64_t at, int lanes) {
+    const bool full = lanes == W;
+    if (full && next_x) prefetch_lines(next_x + at, W);
+    const auto a = V::mul(V::sub(full ? V::load(x + at) : V::load_tail(x + at, lanes), vm), vr);
+    if constexpr (HasW && HasB) {
+      return V::fmadd(a, full ? V::load(w + at) : V::load_tail(w + at, lanes),
+                      full ? V::load(b + at) : V::load_tail(b + at, lanes));
+    } else if constexpr (HasW) {
+      return V::mul(a, full ? V::load(w + at) : V::load_tail(w + at, lanes));
+    } else if constexpr (HasB) {
+      return V::add(a, full ? V::load(b + at) : V::load_tail(b + at, lanes));
+    } else {
+      return a;
     }
-    V::store(y + j, one(j, V::load(x + j), HasW ? V::load(w + j) : V::zero(), HasB ? V::load(b + j) : V::zero()));
-  }
-  if (j < k) {
-    const int rem = static_cast<int>(k - j);
-    V::store_tail(y + j, one(j, V::load_tail(x + j, rem), HasW ? V::load_tail(w + j, rem) : V::zero(),
-                             HasB ? V::load_tail(b + j, rem) : V::zero()), rem);
-  }
+  });
 }
 
 template <class Isa, class T, bool HasW, bool HasB>
 void forward_rows(const LayerNormForwardArgs<T>& a, int64_t begin, int64_t end) {
   const int64_t k = a.k;
+  const bool streaming = rowops::stream_worthwhile(a.rows * k, sizeof(T));
   for (int64_t r = begin; r < end; ++r) {
     const T* x = a.x + r * k;
     const T mean = row_sum<Isa, T>(x, k) / static_cast<T>(k);
@@ -104,8 +98,7 @@ void forward_rows(const LayerNormForwardArgs<T>& a, int64_t begin, int64_t end) 
       a.rstd[r] = rstd;
     }
     const bool more = r + 1 < end;
-    normalize_row<Isa, T, HasW, HasB>(x, a.w, a.b, a.y + r * k, k, mean, rstd, more ? x + k : nullptr,
-                                      more ? a.y + (r + 1) * k : nullptr);
+    normalize_row<Isa, T, HasW, HasB>(x, a.w, a.b, a.y + r * k, k, mean, rstd, more ? x + k : nullptr, streaming);
   }
 }
 
@@ -127,6 +120,7 @@ void layer_norm_forward(const LayerNormForwardArgs<T>& a) {
     } else {
       forward_rows<Isa, T, false, false>(a, begin, end);
     }
+    rowops::stream_fence();  // y may have been written with streaming stores
   }
 }
 
@@ -135,7 +129,7 @@ void layer_norm_forward(const LayerNormForwardArgs<T>& a) {
 //   pass 2: dx = g * rstd - (rstd * sg / k) - xhat * (rstd * sgx / k)
 template <class Isa, class T, bool HasW, bool Partials>
 void backward_row(const T* dy, const T* x, const T* w, T* dx, int64_t k, T mean, T rstd, T* pw, T* pb,
-                  const T* next_dy, const T* next_x, T* next_dx) {
+                  const T* next_dy, const T* next_x, bool streaming) {
   using V = Vec<Isa, T>;
   using reg = typename V::reg;
   constexpr int W = V::width;
@@ -169,23 +163,18 @@ void backward_row(const T* dy, const T* x, const T* w, T* dx, int64_t k, T mean,
   const T inv_k = static_cast<T>(1) / static_cast<T>(k);
   const reg c1 = V::set1(-rstd * V::hsum(sg) * inv_k);
   const reg c2 = V::set1(rstd * V::hsum(sgx) * inv_k);
-  for (j = 0; j < full; j += W) {
-    if (next_dy) {
-      prefetch_lines(next_dy + j, W);
-      prefetch_lines(next_x + j, W);
-      prefetch_lines_for_write(next_dx + j, W);
+  // dx is only written: streaming stores for large outputs.
+  rowops::write_row<Isa, T>(dx, k, streaming, [&](int64_t at, int lanes) {
+    const bool full = lanes == W;
+    if (full && next_dy) {
+      prefetch_lines(next_dy + at, W);
+      prefetch_lines(next_x + at, W);
     }
-    const reg d = V::load(dy + j);
-    const reg xh = V::mul(V::sub(V::load(x + j), vm), vr);
-    const reg g = HasW ? V::mul(d, V::load(w + j)) : d;
-    V::store(dx + j, V::fnmadd(xh, c2, V::fmadd(g, vr, c1)));
-  }
-  if (rem) {
-    const reg d = V::load_tail(dy + j, rem);
-    const reg xh = V::mul(V::sub(V::load_tail(x + j, rem), vm), vr);
-    const reg g = HasW ? V::mul(d, V::load_tail(w + j, rem)) : d;
-    V::store_tail(dx + j, V::fnmadd(xh, c2, V::fmadd(g, vr, c1)), rem);
-  }
+    const reg d = full ? V::load(dy + at) : V::load_tail(dy + at, lanes);
+    const reg xh = V::mul(V::sub(full ? V::load(x + at) : V::load_tail(x + at, lanes), vm), vr);
+    const reg g = HasW ? V::mul(d, full ? V::load(w + at) : V::load_tail(w + at, lanes)) : d;
+    return V::fnmadd(xh, c2, V::fmadd(g, vr, c1));
+  });
 }
 
 template <class Isa, class T, bool HasW, bool Partials>
@@ -205,7 +194,7 @@ void backward_blocks(const LayerNormBackwardArgs<T>& a, int64_t block_rows, T* p
       const int64_t o = r * k;
       backward_row<Isa, T, HasW, Partials>(a.dy + o, a.x + o, a.w, a.dx + o, k, a.mean[r], a.rstd[r], pw, pb,
                                            more ? a.dy + o + k : nullptr, more ? a.x + o + k : nullptr,
-                                           more ? a.dx + o + k : nullptr);
+                                           rowops::stream_worthwhile(a.rows * k, sizeof(T)));
     }
   }
 }
@@ -261,6 +250,7 @@ void layer_norm_backward(const LayerNormBackwardArgs<T>& a) {
     } else {
       backward_blocks<Isa, T, false, false>(a, block_rows, part, nblocks, first, last);
     }
+    rowops::stream_fence();  // dx was written with streaming stores
     if (partials_wanted) {
 #pragma omp barrier
       // Columns split in whole vectors; each column's blocks are added in block order.

@@ -1,10 +1,11 @@
 // Softmax and log-softmax over the last, contiguous dimension of a (rows, n) matrix, forward and
-// backward (the Python layer moves any other dim last). Also the row helpers shared with
-// cross_entropy: a vectorized exp, tail masks and the row max.
+// backward (the Python layer moves any other dim last). Also the row helpers (namespace rowops)
+// shared with layer_norm and cross_entropy: a vectorized exp, tail masks, the row max, prefetch of
+// the next row, streaming stores and the thread split.
 //
 //   m = max_j x_j,  s = sum_j exp(x_j - m)
 //   softmax:      y_j = exp(x_j - m) / s          dx_j = y_j * (dy_j - sum_k dy_k y_k)
-//   log_softmax:  y_j = x_j - m - log(s)          dx_j = dy_j - exp(y_j) * sum_k dy_k
+//   log_softmax:  y_j = (x_j - m) - log(s)        dx_j = dy_j - exp(y_j) * sum_k dy_k
 //
 // Rows are split across the threads of one OpenMP region; a row is never split, so results are
 // bit-identical for any thread count.
@@ -17,6 +18,10 @@
 
 #include "runtime/isa.h"
 #include "simd/vec.h"
+
+#if defined(__SSE__) || defined(__x86_64__)
+#include <immintrin.h>
+#endif
 
 namespace seqblocks {
 
@@ -60,6 +65,68 @@ inline void prefetch_lines(const T* p, int64_t count) {
 template <class T>
 inline void prefetch_lines_for_write(T* p, int64_t count) {
   for (int64_t i = 0; i < count; i += 64 / static_cast<int64_t>(sizeof(T))) __builtin_prefetch(p + i, 1, 3);
+}
+
+// Non-temporal ("streaming") full-vector store for outputs that are written once and not read
+// back by the kernel: it skips the read-for-ownership of the destination line (a third of the
+// memory traffic of a read-one-write-one pass). p must be aligned to the vector width (see
+// stream_head); the writing thread calls stream_fence() before the data is read elsewhere.
+template <class Isa, class T>
+inline void stream_store(T* p, typename Vec<Isa, T>::reg v) {
+#if defined(__AVX512F__)
+  if constexpr (std::is_same_v<Isa, Avx512>) {
+    if constexpr (std::is_same_v<T, float>) _mm512_stream_ps(p, v); else _mm512_stream_pd(p, v);
+    return;
+  }
+#endif
+#if defined(__AVX2__)
+  if constexpr (std::is_same_v<Isa, Avx2>) {
+    if constexpr (std::is_same_v<T, float>) _mm256_stream_ps(p, v); else _mm256_stream_pd(p, v);
+    return;
+  }
+#endif
+  Vec<Isa, T>::store(p, v);
+}
+
+// Elements before p + head is aligned for stream_store (0 <= head < width).
+template <class Isa, class T>
+inline int stream_head(const T* p) {
+  constexpr int64_t bytes = Vec<Isa, T>::width * static_cast<int64_t>(sizeof(T));
+  const int64_t mis = static_cast<int64_t>(reinterpret_cast<uintptr_t>(p) % bytes);
+  if (mis % static_cast<int64_t>(sizeof(T)) != 0) return -1;  // never aligned: plain stores
+  return static_cast<int>(((bytes - mis) % bytes) / static_cast<int64_t>(sizeof(T)));
+}
+
+// Streaming stores pay off for outputs larger than the caches a consumer would find them in.
+static inline bool stream_worthwhile(int64_t elements, int64_t element_bytes) {
+  constexpr int64_t kStreamBytes = int64_t{4} << 20;  // 2x the 2 MiB L2 of current server cores
+  return elements * element_bytes >= kStreamBytes;
+}
+
+static inline void stream_fence() {
+#if defined(__SSE__) || defined(__x86_64__)
+  _mm_sfence();
+#endif
+}
+
+// out[0, n) = value(j, lanes) for consecutive pieces [j, j + lanes): masked pieces (lanes < width)
+// at the start up to the first aligned element and at the end, full vectors (lanes == width)
+// between. With streaming, the full vectors are written with stream_store; the caller fences.
+template <class Isa, class T, class F>
+inline void write_row(T* out, int64_t n, bool streaming, F&& value) {
+  using V = Vec<Isa, T>;
+  constexpr int W = V::width;
+  int64_t head = streaming ? stream_head<Isa, T>(out) : -1;
+  const bool stream = head >= 0;
+  head = stream ? (head < n ? head : n) : 0;
+  if (head > 0) V::store_tail(out, value(int64_t{0}, static_cast<int>(head)), static_cast<int>(head));
+  int64_t j = head;
+  if (stream) {
+    for (; j + W <= n; j += W) stream_store<Isa, T>(out + j, value(j, W));
+  } else {
+    for (; j + W <= n; j += W) V::store(out + j, value(j, W));
+  }
+  if (j < n) V::store_tail(out + j, value(j, static_cast<int>(n - j)), static_cast<int>(n - j));
 }
 
 // Lanes [0, n) active, the rest inactive (0 < n < width).
