@@ -394,3 +394,27 @@ def test_embedding_from_pretrained():
     assert e.weight.requires_grad and e.padding_idx == 1
     with pytest.raises(ValueError, match="2-D"):
         nn.Embedding.from_pretrained(np.ones(3))
+
+
+def test_tied_weights_gradient_matches_torch(r):
+    """Embedding and output projection share one matrix (weight tying): both uses accumulate."""
+    torch = pytest.importorskip("torch")
+
+    def make(m):
+        emb = m.Embedding(12, 6)
+        head = m.Linear(6, 12, bias=False)
+        head.weight = emb.weight
+        return m.Sequential(emb, m.Tanh(), head)
+
+    ours, theirs = make(nn), make(torch.nn)
+    load_from_torch(ours, theirs)
+    tokens = r.integers(0, 12, (3, 5))
+    target = r.integers(0, 12, 15)
+    loss = F.cross_entropy(ours(tokens).reshape(15, 12), target)
+    tloss = torch.nn.functional.cross_entropy(theirs(torch.from_numpy(tokens)).reshape(15, 12),
+                                              torch.from_numpy(target))
+    loss.backward()
+    tloss.backward()
+    assert_same(loss.data, to_numpy(tloss), 12)
+    assert len(list(ours.parameters())) == 1
+    assert_same(ours[0].weight.grad, theirs[0].weight.grad.numpy(), 30, "tied weight grad")
