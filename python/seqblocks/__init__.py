@@ -17,11 +17,34 @@ from ._runtime import (
     use_isa,
 )
 from . import ops, reference
+from ._random import get_rng_state, initial_seed, manual_seed, set_rng_state
+from .autograd import Tensor, cat, enable_grad, is_grad_enabled, no_grad, set_grad_enabled, stack, tensor
+from .serialization import CheckpointError, load, save
+from . import nn, optim
+from .check import compare
 
 __version__ = getattr(_core, "__version__", "0.0.0")
 
 __all__ = [
+    "CheckpointError",
+    "Tensor",
     "available_isas",
+    "cat",
+    "compare",
+    "enable_grad",
+    "get_rng_state",
+    "initial_seed",
+    "is_grad_enabled",
+    "load",
+    "manual_seed",
+    "nn",
+    "no_grad",
+    "optim",
+    "save",
+    "set_grad_enabled",
+    "set_rng_state",
+    "stack",
+    "tensor",
     "backend",
     "get_backend",
     "set_backend",

@@ -1,0 +1,12 @@
+"""``seqblocks.nn``: modules with ``torch.nn``'s names, arguments, parameter names and layouts,
+so a ``state_dict`` moves between the two unchanged."""
+
+from . import functional, init, utils
+from .container import ModuleList, Sequential
+from .layers import (CrossEntropyLoss, Dropout, Embedding, GELU, Identity, LayerNorm, Linear, LogSoftmax,
+                     ReLU, Sigmoid, Softmax, Tanh)
+from .module import Module, Parameter
+
+__all__ = ["CrossEntropyLoss", "Dropout", "Embedding", "GELU", "Identity", "LayerNorm", "Linear", "LogSoftmax",
+           "Module", "ModuleList", "Parameter", "ReLU", "Sequential", "Sigmoid", "Softmax", "Tanh", "functional",
+           "init", "utils"]
