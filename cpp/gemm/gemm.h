@@ -1,33 +1,272 @@
-// PLACEHOLDER (to be replaced by the packed, blocked GEMM): straightforward triple loop.
+// GEMM driver: C[b] = alpha * op(A[b]) @ op(B[b]) + beta * C[b] + bias, for the semantics of
+// GemmProblem (runtime/kernel_table.h).
+//
+// Paths (chosen from the shape only, so a given problem always takes the same arithmetic):
+//   empty_k  k == 0: C = beta * C + bias (C not read when beta == 0).
+//   dot      !trans_a && trans_b && small m: unpacked dot products of contiguous rows
+//            (dot_gemm.h) -- the `linear` shape of an RNN step.
+//   packed   everything else: BLIS-style blocking, mirrored for row-major C (vectors run
+//            along n, A is broadcast):
+//              for ic in M step MC:                 A block (MC x KC) packed     -> L3
+//                for pc in K step KC:
+//                  pack A[ic:+MC, pc:+KC] into MR-row micro-panels
+//                  for jc in N step NC:             B block (KC x NC) packed     -> L2
+//                    pack B[pc:+KC, jc:+NC] into NR-column micro-panels
+//                    for ir in MC step MR:          A micro-panel (KC x MR)      -> L1
+//                      for jr in NC step NR:        micro-kernel, MR x NR tile  -> registers
+//            When B is not transposed and m spans only a few micro-panels, packing B would not
+//            be amortised, so B is read in place (rows already contiguous along n).
+//
+// Threads: one parallel region per call. The batch x (tm x tn grid of each matrix) is cut into
+// equal shares of "units" by thread id: many small matrices go whole to threads, a single large
+// one is split over M/N panels. K is never split and every C element is computed by the same
+// sequence of operations whichever thread owns it, so results are bit-identical for any thread
+// count. Each thread packs into its own slice of a workspace obtained before the region.
 #pragma once
 
-#include <cstdint>
+#include <omp.h>
 
+#include <algorithm>
+#include <cstdint>
+#include <numeric>
+
+#include "gemm/dot_gemm.h"
+#include "gemm/microkernel.h"
+#include "gemm/pack.h"
+#include "gemm/traits.h"
+#include "gemm/workspace.h"
 #include "runtime/denormals.h"
 #include "runtime/kernel_table.h"
 #include "simd/vec.h"
 
 namespace seqblocks {
 
+// One matrix of the batch, possibly restricted to a rectangle of its C.
+template <class T>
+struct GemmView {
+  int64_t m, n, k;
+  const T* a;
+  int64_t lda;
+  bool trans_a;
+  const T* b;
+  int64_t ldb;
+  bool trans_b;
+  T* c;
+  int64_t ldc;
+  T alpha, beta;
+  const T* bias;
+
+  // Rows [i0, i1) and columns [j0, j1) of C.
+  GemmView sub(int64_t i0, int64_t i1, int64_t j0, int64_t j1) const {
+    GemmView v = *this;
+    v.m = i1 - i0;
+    v.n = j1 - j0;
+    if (k > 0) {
+      v.a = trans_a ? a + i0 : a + i0 * lda;
+      v.b = trans_b ? b + j0 * ldb : b + j0;
+    }
+    v.c = c + i0 * ldc + j0;
+    v.bias = bias ? bias + j0 : nullptr;
+    return v;
+  }
+};
+
+enum class GemmPath { empty_k, dot, packed };
+
+// Largest m for the dot path; above it the packed kernel's register reuse wins.
+constexpr int64_t kGemmDotMaxM = 64;
+// B is read in place when !trans_b and m <= this many A micro-panels.
+constexpr int64_t kGemmDirectBMaxPanels = 4;
+// Fewer multiply-adds than this per thread are not worth waking another thread for.
+constexpr double kGemmMinWorkPerThread = 1 << 17;
+
+template <class Isa, class T>
+static inline GemmPath gemm_choose_path(const GemmProblem<T>& p) {
+  if (p.k == 0) return GemmPath::empty_k;
+  if (!p.trans_a && p.trans_b && p.m <= kGemmDotMaxM && p.k >= 2 * Vec<Isa, T>::width) {
+    return GemmPath::dot;
+  }
+  return GemmPath::packed;
+}
+
+template <class T>
+static void gemm_empty_k(const GemmView<T>& v) {
+  for (int64_t i = 0; i < v.m; ++i) {
+    T* crow = v.c + i * v.ldc;
+    for (int64_t j = 0; j < v.n; ++j) {
+      T r = v.beta == T(0) ? T(0) : v.beta * crow[j];
+      if (v.bias) r += v.bias[j];
+      crow[j] = r;
+    }
+  }
+}
+
+// Packing-buffer sizes (elements) one thread needs for a view of at most m x n x k.
+template <class Isa, class T>
+struct PackSizes {
+  size_t a = 0, b = 0;
+  PackSizes(int64_t m, int64_t n, int64_t k) {
+    using Tr = GemmTraits<Isa, T>;
+    constexpr int64_t MR = Tr::MR, NR = Tr::NV * Vec<Isa, T>::width;
+    const int64_t kc = std::min(k, Tr::KC);
+    const int64_t mc = std::min(m, Tr::MC), nc = std::min(n, Tr::NC);
+    a = GemmWorkspace<T>::round_up(static_cast<size_t>((mc + MR - 1) / MR * MR * kc));
+    b = GemmWorkspace<T>::round_up(static_cast<size_t>((nc + NR - 1) / NR * NR * kc));
+  }
+};
+
+template <class Isa, class T>
+static void gemm_packed(const GemmView<T>& v, T* abuf, T* bbuf) {
+  using Tr = GemmTraits<Isa, T>;
+  constexpr int64_t MR = Tr::MR, NR = Tr::NV * Vec<Isa, T>::width;
+  const bool b_direct = !v.trans_b && v.m <= kGemmDirectBMaxPanels * MR;
+
+  for (int64_t ic = 0; ic < v.m; ic += Tr::MC) {
+    const int64_t mc = std::min(Tr::MC, v.m - ic);
+    for (int64_t pc = 0; pc < v.k; pc += Tr::KC) {
+      const int64_t kc = std::min(Tr::KC, v.k - pc);
+      pack_a_block<Isa, T>(v.trans_a ? v.a + pc * v.lda + ic : v.a + ic * v.lda + pc, v.lda,
+                           v.trans_a, mc, kc, abuf);
+      TileEpilogue<T> ep{v.alpha, v.beta, nullptr, pc == 0, pc + kc == v.k};
+
+      for (int64_t jc = 0; jc < v.n; jc += Tr::NC) {
+        const int64_t nc = std::min(Tr::NC, v.n - jc);
+        const T* bblk;
+        int64_t ldb_blk;
+        if (b_direct) {
+          bblk = v.b + pc * v.ldb + jc;
+          ldb_blk = v.ldb;
+        } else {
+          pack_b_block<Isa, T>(v.trans_b ? v.b + jc * v.ldb + pc : v.b + pc * v.ldb + jc, v.ldb,
+                               v.trans_b, kc, nc, bbuf);
+          bblk = bbuf;
+          ldb_blk = NR;
+        }
+        for (int64_t ir = 0; ir < mc; ir += MR) {
+          const int mr = static_cast<int>(std::min(MR, mc - ir));
+          const T* apanel = abuf + ir * kc;
+          T* crow = v.c + (ic + ir) * v.ldc + jc;
+          for (int64_t jr = 0; jr < nc; jr += NR) {
+            const int nr = static_cast<int>(std::min(NR, nc - jr));
+            const T* bpanel = b_direct ? bblk + jr : bblk + jr * kc;
+            ep.bias = v.bias ? v.bias + jc + jr : nullptr;
+            pick_micro_tile<Isa, T>(mr, nr, b_direct)(kc, apanel, bpanel, ldb_blk, crow + jr,
+                                                      v.ldc, nr, ep);
+          }
+        }
+      }
+    }
+  }
+}
+
+// How one matrix is cut into tm x tn rectangles of whole micro-panels.
+struct GemmGrid {
+  int64_t tm = 1, tn = 1;
+  int64_t row_unit = 1, col_unit = 1;
+};
+
+// Picks tm x tn = parts minimising the largest share: its multiply-adds plus the packing it
+// duplicates (each rectangle packs its own rows of A and columns of B; one packed element
+// costs about as much as `pack_cost` multiply-adds).
+static inline GemmGrid gemm_choose_grid(int64_t m, int64_t n, int64_t k, int64_t parts,
+                                        int64_t row_unit, int64_t col_unit, bool rows_allowed) {
+  GemmGrid best;
+  best.row_unit = row_unit;
+  best.col_unit = col_unit;
+  best.tn = parts;
+  if (!rows_allowed) return best;
+  constexpr double pack_cost = 16.0;
+  const int64_t pm = (m + row_unit - 1) / row_unit, pn = (n + col_unit - 1) / col_unit;
+  double best_cost = -1;
+  for (int64_t tm = 1; tm <= parts; ++tm) {
+    if (parts % tm != 0) continue;
+    const int64_t tn = parts / tm;
+    const double rows = static_cast<double>((pm + tm - 1) / tm * row_unit);
+    const double cols = static_cast<double>((pn + tn - 1) / tn * col_unit);
+    const double cost = rows * cols * static_cast<double>(k) + pack_cost * (rows + cols) * k;
+    if (best_cost < 0 || cost < best_cost) {
+      best_cost = cost;
+      best.tm = tm;
+      best.tn = tn;
+    }
+  }
+  return best;
+}
+
+// [begin, end) of the r-th of `parts` near-equal runs of whole units over [0, total).
+static inline void gemm_split_range(int64_t total, int64_t unit, int64_t parts, int64_t r,
+                                    int64_t* begin, int64_t* end) {
+  const int64_t units = (total + unit - 1) / unit;
+  *begin = std::min(total, r * units / parts * unit);
+  *end = std::min(total, (r + 1) * units / parts * unit);
+}
+
 template <class Isa, class T>
 void gemm(const GemmProblem<T>& p) {
-  DenormalsFlushed flush;
-  for (int64_t bi = 0; bi < p.batch; ++bi) {
-    const T* a = p.a + bi * p.batch_stride_a;
-    const T* b = p.b + bi * p.batch_stride_b;
-    T* c = p.c + bi * p.batch_stride_c;
-    for (int64_t i = 0; i < p.m; ++i) {
-      for (int64_t j = 0; j < p.n; ++j) {
-        T acc = 0;
-        for (int64_t l = 0; l < p.k; ++l) {
-          const T av = p.trans_a ? a[l * p.lda + i] : a[i * p.lda + l];
-          const T bv = p.trans_b ? b[j * p.ldb + l] : b[l * p.ldb + j];
-          acc += av * bv;
-        }
-        T out = p.alpha * acc;
-        if (p.beta != T(0)) out += p.beta * c[i * p.ldc + j];
-        if (p.bias) out += p.bias[j];
-        c[i * p.ldc + j] = out;
+  if (p.m <= 0 || p.n <= 0 || p.batch <= 0) return;
+  using Tr = GemmTraits<Isa, T>;
+  constexpr int64_t W = Vec<Isa, T>::width;
+  const GemmPath path = gemm_choose_path<Isa, T>(p);
+
+  const double work = static_cast<double>(p.batch) * static_cast<double>(p.m) *
+                      static_cast<double>(p.n) * static_cast<double>(std::max<int64_t>(p.k, 1));
+  int nt = std::max(1, p.nthreads);
+  nt = static_cast<int>(std::max(1.0, std::min<double>(nt, work / kGemmMinWorkPerThread)));
+
+  // Parts per matrix so that batch * parts splits evenly over nt threads.
+  const int64_t parts = nt / std::gcd<int64_t>(p.batch, nt);
+  const GemmGrid grid =
+      path == GemmPath::dot
+          ? gemm_choose_grid(p.m, p.n, p.k, parts, Tr::DOT_MI, Tr::DOT_NJ, false)
+          : gemm_choose_grid(p.m, p.n, p.k, parts, Tr::MR, Tr::NV * W, true);
+
+  // Per-thread packing buffers, sized for the largest rectangle a thread can get.
+  T* workspace = nullptr;
+  size_t per_thread = 0;
+  PackSizes<Isa, T> sizes(0, 0, 0);
+  if (path == GemmPath::packed) {
+    const int64_t rows = ((p.m + grid.row_unit - 1) / grid.row_unit + grid.tm - 1) / grid.tm *
+                         grid.row_unit;
+    const int64_t cols = ((p.n + grid.col_unit - 1) / grid.col_unit + grid.tn - 1) / grid.tn *
+                         grid.col_unit;
+    sizes = PackSizes<Isa, T>(rows, cols, p.k);
+    per_thread = sizes.a + sizes.b;
+    workspace = gemm_workspace<Isa, T>().get(per_thread * static_cast<size_t>(nt));
+  }
+
+  const GemmView<T> base{p.m,       p.n,       p.k, p.a,     p.lda,  p.trans_a, p.b,
+                         p.ldb,     p.trans_b, p.c, p.ldc,   p.alpha, p.beta,  p.bias};
+  const int64_t units = p.batch * parts;
+
+#pragma omp parallel num_threads(nt) if (nt > 1)
+  {
+    DenormalsFlushed flush;
+    const int tid = omp_get_thread_num();
+    T* abuf = workspace ? workspace + per_thread * static_cast<size_t>(tid) : nullptr;
+    T* bbuf = abuf ? abuf + sizes.a : nullptr;
+    const int64_t u0 = units / nt * tid, u1 = units / nt * (tid + 1);
+    for (int64_t u = u0; u < u1; ++u) {
+      const int64_t item = u / parts, part = u % parts;
+      GemmView<T> v = base;
+      v.a = p.a ? p.a + item * p.batch_stride_a : nullptr;
+      v.b = p.b ? p.b + item * p.batch_stride_b : nullptr;
+      v.c = p.c + item * p.batch_stride_c;
+      int64_t i0, i1, j0, j1;
+      gemm_split_range(p.m, grid.row_unit, grid.tm, part / grid.tn, &i0, &i1);
+      gemm_split_range(p.n, grid.col_unit, grid.tn, part % grid.tn, &j0, &j1);
+      if (i0 >= i1 || j0 >= j1) continue;
+      const GemmView<T> s = v.sub(i0, i1, j0, j1);
+      switch (path) {
+        case GemmPath::empty_k:
+          gemm_empty_k(s);
+          break;
+        case GemmPath::dot:
+          dot_gemm<Isa, T>(s.m, s.n, s.k, s.a, s.lda, s.b, s.ldb, s.c, s.ldc, s.alpha, s.beta,
+                           s.bias);
+          break;
+        case GemmPath::packed:
+          gemm_packed<Isa, T>(s, abuf, bbuf);
+          break;
       }
     }
   }
