@@ -8,7 +8,9 @@
 // MI x rows and NJ W rows keeps MI * NJ vector accumulators, streams k in vectors, and reduces
 // each accumulator horizontally at the end. Tiles walk all of x for one NJ-row slab of W, so
 // every weight row is read from memory once and reused from L1 for all m rows; x (m x k) stays
-// in L1/L2. For m = 1 this is a GEMV and memory bound.
+// in L1/L2. For m = 1 this is a GEMV and bound by the bandwidth from L3/memory, so the first
+// tile of each slab prefetches the next slab (one slab ahead keeps more lines in flight than
+// the hardware prefetcher alone does for NJ interleaved row streams).
 #pragma once
 
 #include <cstdint>
@@ -88,7 +90,7 @@ struct DotReduce4<Avx512, double> {
 template <class Isa, class T, int MI, int NJ>
 static void dot_tile(int64_t k, const T* __restrict x, int64_t ldx, const T* __restrict w,
                      int64_t ldw, T* __restrict c, int64_t ldc, T alpha, T beta,
-                     const T* __restrict bias) {
+                     const T* __restrict bias, const T* prefetch_w) {
   using V = Vec<Isa, T>;
   using reg = typename V::reg;
   constexpr int W = V::width;
@@ -105,6 +107,10 @@ static void dot_tile(int64_t k, const T* __restrict x, int64_t ldx, const T* __r
     reg wv[NJ];
 #pragma GCC unroll 8
     for (int j = 0; j < NJ; ++j) wv[j] = V::load(w + j * ldw + l);
+    if (prefetch_w != nullptr) {
+#pragma GCC unroll 8
+      for (int j = 0; j < NJ; ++j) __builtin_prefetch(prefetch_w + j * ldw + l, 0, 3);
+    }
 #pragma GCC unroll 8
     for (int i = 0; i < MI; ++i) {
       const reg xv = V::load(x + i * ldx + l);
@@ -140,7 +146,7 @@ static void dot_tile(int64_t k, const T* __restrict x, int64_t ldx, const T* __r
 
 template <class T>
 using DotTileFn = void (*)(int64_t, const T*, int64_t, const T*, int64_t, T*, int64_t, T, T,
-                           const T*);
+                           const T*, const T*);
 
 template <class Isa, class T, int NJ, int... Ms>
 static inline DotTileFn<T> pick_dot_tile_m(int mi, std::integer_sequence<int, Ms...>) {
@@ -169,7 +175,8 @@ static void dot_gemm(int64_t m, int64_t n, int64_t k, const T* x, int64_t ldx, c
     for (int64_t i0 = 0; i0 < m; i0 += MI) {
       const int mi = static_cast<int>(m - i0 < MI ? m - i0 : MI);
       pick_dot_tile<Isa, T>(mi, nj, std::make_integer_sequence<int, NJ>{})(
-          k, x + i0 * ldx, ldx, wj, ldw, c + i0 * ldc + j0, ldc, alpha, beta, bj);
+          k, x + i0 * ldx, ldx, wj, ldw, c + i0 * ldc + j0, ldc, alpha, beta, bj,
+          i0 == 0 && j0 + 2 * NJ <= n ? wj + NJ * ldw : nullptr);
     }
   }
 }

@@ -74,7 +74,7 @@ struct GemmView {
 enum class GemmPath { empty_k, dot, packed };
 
 // Largest m for the dot path; above it the packed kernel's register reuse wins.
-constexpr int64_t kGemmDotMaxM = 64;
+constexpr int64_t kGemmDotMaxM = 32;
 // B is read in place when !trans_b and m <= this many A micro-panels.
 constexpr int64_t kGemmDirectBMaxPanels = 4;
 // Fewer multiply-adds than this per thread are not worth waking another thread for.
@@ -115,22 +115,34 @@ struct PackSizes {
   }
 };
 
+// The block size <= max_block, a multiple of unit, that cuts `total` into the fewest
+// near-equal blocks.
+static inline int64_t gemm_balanced_block(int64_t total, int64_t max_block, int64_t unit) {
+  const int64_t blocks = (total + max_block - 1) / max_block;
+  const int64_t per = (total + blocks - 1) / blocks;
+  return std::min(max_block, (per + unit - 1) / unit * unit);
+}
+
 template <class Isa, class T>
 static void gemm_packed(const GemmView<T>& v, T* abuf, T* bbuf) {
   using Tr = GemmTraits<Isa, T>;
   constexpr int64_t MR = Tr::MR, NR = Tr::NV * Vec<Isa, T>::width;
   const bool b_direct = !v.trans_b && v.m <= kGemmDirectBMaxPanels * MR;
 
-  for (int64_t ic = 0; ic < v.m; ic += Tr::MC) {
-    const int64_t mc = std::min(Tr::MC, v.m - ic);
+  // Equal-sized blocks (whole micro-panels) rather than full blocks plus a thin remainder,
+  // which would pack a whole B block for a few rows, or sweep L1 for a few columns.
+  const int64_t mc_step = gemm_balanced_block(v.m, Tr::MC, MR);
+  const int64_t nc_step = gemm_balanced_block(v.n, Tr::NC, NR);
+  for (int64_t ic = 0; ic < v.m; ic += mc_step) {
+    const int64_t mc = std::min(mc_step, v.m - ic);
     for (int64_t pc = 0; pc < v.k; pc += Tr::KC) {
       const int64_t kc = std::min(Tr::KC, v.k - pc);
       pack_a_block<Isa, T>(v.trans_a ? v.a + pc * v.lda + ic : v.a + ic * v.lda + pc, v.lda,
                            v.trans_a, mc, kc, abuf);
       TileEpilogue<T> ep{v.alpha, v.beta, nullptr, pc == 0, pc + kc == v.k};
 
-      for (int64_t jc = 0; jc < v.n; jc += Tr::NC) {
-        const int64_t nc = std::min(Tr::NC, v.n - jc);
+      for (int64_t jc = 0; jc < v.n; jc += nc_step) {
+        const int64_t nc = std::min(nc_step, v.n - jc);
         const T* bblk;
         int64_t ldb_blk;
         if (b_direct) {

@@ -13,7 +13,75 @@
 #include "gemm/traits.h"
 #include "simd/vec.h"
 
+#if defined(__AVX512F__) && defined(__AVX512DQ__)
+#include <immintrin.h>
+#endif
+
 namespace seqblocks {
+
+// dst[l * ldd + j] = src[j * lds + l] for a width x width block (width = Vec<Isa, T>::width).
+// Specialised where a register transpose pays; elsewhere `available` is false and the packer
+// uses scalar loops.
+template <class Isa, class T>
+struct TransposeBlock {
+  static constexpr bool available = false;
+  static inline void run(const T*, int64_t, T*, int64_t) {}
+};
+
+#if defined(__AVX512F__) && defined(__AVX512DQ__)
+// Recursive block transpose in log2(width) stages: stage b swaps the off-diagonal b x b blocks
+// of every 2b x 2b block, pairing rows r and r + b with two two-source permutes.
+template <class Reg, class Perm>
+static inline void transpose_stage(Reg* r, int n, int b, __m512i lo, __m512i hi, Perm perm) {
+  for (int i = 0; i < n; ++i) {
+    if (i & b) continue;
+    const Reg x = perm(r[i], lo, r[i + b]);
+    const Reg y = perm(r[i], hi, r[i + b]);
+    r[i] = x;
+    r[i + b] = y;
+  }
+}
+
+template <>
+struct TransposeBlock<Avx512, float> {
+  static constexpr bool available = true;
+  static inline void run(const float* src, int64_t lds, float* dst, int64_t ldd) {
+    __m512 r[16];
+#pragma GCC unroll 16
+    for (int j = 0; j < 16; ++j) r[j] = _mm512_loadu_ps(src + j * lds);
+    auto perm = [](__m512 a, __m512i idx, __m512 b) { return _mm512_permutex2var_ps(a, idx, b); };
+    transpose_stage(r, 16, 8, _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23),
+                    _mm512_setr_epi32(8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31), perm);
+    transpose_stage(r, 16, 4, _mm512_setr_epi32(0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, 25, 26, 27),
+                    _mm512_setr_epi32(4, 5, 6, 7, 20, 21, 22, 23, 12, 13, 14, 15, 28, 29, 30, 31), perm);
+    transpose_stage(r, 16, 2, _mm512_setr_epi32(0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29),
+                    _mm512_setr_epi32(2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, 27, 14, 15, 30, 31), perm);
+    transpose_stage(r, 16, 1, _mm512_setr_epi32(0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30),
+                    _mm512_setr_epi32(1, 17, 3, 19, 5, 21, 7, 23, 9, 25, 11, 27, 13, 29, 15, 31), perm);
+#pragma GCC unroll 16
+    for (int l = 0; l < 16; ++l) _mm512_storeu_ps(dst + l * ldd, r[l]);
+  }
+};
+
+template <>
+struct TransposeBlock<Avx512, double> {
+  static constexpr bool available = true;
+  static inline void run(const double* src, int64_t lds, double* dst, int64_t ldd) {
+    __m512d r[8];
+#pragma GCC unroll 8
+    for (int j = 0; j < 8; ++j) r[j] = _mm512_loadu_pd(src + j * lds);
+    auto perm = [](__m512d a, __m512i idx, __m512d b) { return _mm512_permutex2var_pd(a, idx, b); };
+    transpose_stage(r, 8, 4, _mm512_setr_epi64(0, 1, 2, 3, 8, 9, 10, 11),
+                    _mm512_setr_epi64(4, 5, 6, 7, 12, 13, 14, 15), perm);
+    transpose_stage(r, 8, 2, _mm512_setr_epi64(0, 1, 8, 9, 4, 5, 12, 13),
+                    _mm512_setr_epi64(2, 3, 10, 11, 6, 7, 14, 15), perm);
+    transpose_stage(r, 8, 1, _mm512_setr_epi64(0, 8, 2, 10, 4, 12, 6, 14),
+                    _mm512_setr_epi64(1, 9, 3, 11, 5, 13, 7, 15), perm);
+#pragma GCC unroll 8
+    for (int l = 0; l < 8; ++l) _mm512_storeu_pd(dst + l * ldd, r[l]);
+  }
+};
+#endif
 
 template <class Isa, class T>
 static void pack_a_block(const T* a, int64_t lda, bool trans, int64_t mc, int64_t kc, T* dst) {
@@ -67,8 +135,17 @@ static void pack_b_block(const T* b, int64_t ldb, bool trans, int64_t kc, int64_
       // Column j of the panel is the contiguous stored row q0 + j; read rows in l-chunks so
       // the NR source lines of one chunk are reused from L1 across the chunk.
       const T* src = b + q0 * ldb;
+      int64_t l_done = 0;
+      if (TransposeBlock<Isa, T>::available && nr == NR) {
+        for (; l_done + W <= kc; l_done += W) {
+#pragma GCC unroll 4
+          for (int v = 0; v < NV; ++v) {
+            TransposeBlock<Isa, T>::run(src + v * W * ldb + l_done, ldb, dst + l_done * NR + v * W, NR);
+          }
+        }
+      }
       constexpr int64_t LB = 16;
-      for (int64_t l0 = 0; l0 < kc; l0 += LB) {
+      for (int64_t l0 = l_done; l0 < kc; l0 += LB) {
         const int64_t l1 = l0 + LB < kc ? l0 + LB : kc;
         for (int j = 0; j < nr; ++j) {
           const T* row = src + j * ldb;
