@@ -148,10 +148,16 @@ static void pack_b_block(const T* b, int64_t ldb, bool trans, int64_t kc, int64_
     // Row by row across all panels: each source row (nc contiguous elements) is read once,
     // sequentially. Walking one panel down all kc rows instead touches a new page every row
     // when ldb is large (TLB misses, no hardware prefetch).
+    // Rows are usually far apart (a new page each), so the hardware prefetcher restarts on
+    // every row; prefetch a few rows ahead by hand.
     const int64_t full = nc / NR * NR;
+    constexpr int64_t kAhead = 4, kLine = 64 / sizeof(T);
     for (int64_t l = 0; l < kc; ++l) {
       const T* src = b + l * ldb;
       T* d = dst + l * NR;
+      if (l + kAhead < kc) {
+        for (int64_t q = 0; q < nc; q += kLine) __builtin_prefetch(src + kAhead * ldb + q, 0, 3);
+      }
       for (int64_t q0 = 0; q0 < full; q0 += NR, d += NR * kc) {
 #pragma GCC unroll 4
         for (int v = 0; v < NV; ++v) V::store(d + v * W, V::load(src + q0 + v * W));
