@@ -63,7 +63,7 @@ struct GemmTraits<Avx512, float> {
 template <>
 struct GemmTraits<Avx512, double> {
   static constexpr int MR = 14, NV = 2;
-  static constexpr int64_t KC = 256, NC = 512, MC = 504;
+  static constexpr int64_t KC = 256, NC = 512, MC = 1008;
   static constexpr int DOT_MI = 4, DOT_NJ = 4;
 };
 #endif
