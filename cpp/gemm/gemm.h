@@ -14,8 +14,9 @@
 //                    pack B[pc:+KC, jc:+NC] into NR-column micro-panels
 //                    for ir in MC step MR:          A micro-panel (KC x MR)      -> L1
 //                      for jr in NC step NR:        micro-kernel, MR x NR tile  -> registers
-//            When B is not transposed and m spans only a few micro-panels, packing B would not
-//            be amortised, so B is read in place (rows already contiguous along n).
+//            When B is not transposed and either m spans only a few micro-panels (packing B
+//            would not be amortised) or B is small (it stays in cache), B is read in place:
+//            its rows are already contiguous along n.
 //
 // Threads: one parallel region per call. The batch x (tm x tn grid of each matrix) is cut into
 // equal shares of "units" by thread id: many small matrices go whole to threads, a single large
@@ -75,8 +76,14 @@ enum class GemmPath { empty_k, dot, packed };
 
 // Largest m for the dot path; above it the packed kernel's register reuse wins.
 constexpr int64_t kGemmDotMaxM = 32;
-// B is read in place when !trans_b and m <= this many A micro-panels.
+// B is read in place (!trans_b only) when m spans at most this many A micro-panels (packing
+// would not be amortised), or when all of B is at most this many bytes (it stays in L1/L2
+// and its rows are close together, so packing buys nothing).
 constexpr int64_t kGemmDirectBMaxPanels = 4;
+constexpr int64_t kGemmDirectBMaxBytes = 64 * 1024;
+// A is read in place when n spans at most this many B micro-panels: each element of A would be
+// broadcast only that many times, so packing it costs as much as it saves.
+constexpr int64_t kGemmDirectAMaxPanels = 1;
 // Fewer multiply-adds than this per thread are not worth waking another thread for.
 constexpr double kGemmMinWorkPerThread = 1 << 17;
 
@@ -127,7 +134,10 @@ template <class Isa, class T>
 static void gemm_packed(const GemmView<T>& v, T* abuf, T* bbuf) {
   using Tr = GemmTraits<Isa, T>;
   constexpr int64_t MR = Tr::MR, NR = Tr::NV * Vec<Isa, T>::width;
-  const bool b_direct = !v.trans_b && v.m <= kGemmDirectBMaxPanels * MR;
+  const bool b_direct =
+      !v.trans_b && (v.m <= kGemmDirectBMaxPanels * MR ||
+                     v.k * v.n * static_cast<int64_t>(sizeof(T)) <= kGemmDirectBMaxBytes);
+  const bool a_direct = v.n <= kGemmDirectAMaxPanels * NR;
 
   // Equal-sized blocks (whole micro-panels) rather than full blocks plus a thin remainder,
   // which would pack a whole B block for a few rows, or sweep L1 for a few columns.
@@ -137,8 +147,8 @@ static void gemm_packed(const GemmView<T>& v, T* abuf, T* bbuf) {
     const int64_t mc = std::min(mc_step, v.m - ic);
     for (int64_t pc = 0; pc < v.k; pc += Tr::KC) {
       const int64_t kc = std::min(Tr::KC, v.k - pc);
-      pack_a_block<Isa, T>(v.trans_a ? v.a + pc * v.lda + ic : v.a + ic * v.lda + pc, v.lda,
-                           v.trans_a, mc, kc, abuf);
+      const T* ablk = v.trans_a ? v.a + pc * v.lda + ic : v.a + ic * v.lda + pc;
+      if (!a_direct) pack_a_block<Isa, T>(ablk, v.lda, v.trans_a, mc, kc, abuf);
       TileEpilogue<T> ep{v.alpha, v.beta, nullptr, pc == 0, pc + kc == v.k};
 
       for (int64_t jc = 0; jc < v.n; jc += nc_step) {
@@ -156,14 +166,15 @@ static void gemm_packed(const GemmView<T>& v, T* abuf, T* bbuf) {
         }
         for (int64_t ir = 0; ir < mc; ir += MR) {
           const int mr = static_cast<int>(std::min(MR, mc - ir));
-          const T* apanel = abuf + ir * kc;
+          const T* apanel = !a_direct ? abuf + ir * kc : v.trans_a ? ablk + ir : ablk + ir * v.lda;
+          const int64_t a_stride = a_direct ? v.lda : MR;
           T* crow = v.c + (ic + ir) * v.ldc + jc;
           for (int64_t jr = 0; jr < nc; jr += NR) {
             const int nr = static_cast<int>(std::min(NR, nc - jr));
             const T* bpanel = b_direct ? bblk + jr : bblk + jr * kc;
             ep.bias = v.bias ? v.bias + jc + jr : nullptr;
-            pick_micro_tile<Isa, T>(mr, nr, b_direct)(kc, apanel, bpanel, ldb_blk, crow + jr,
-                                                      v.ldc, nr, ep);
+            pick_micro_tile<Isa, T>(mr, nr, b_direct, a_direct && !v.trans_a)(
+                kc, apanel, a_stride, bpanel, ldb_blk, crow + jr, v.ldc, nr, ep);
           }
         }
       }

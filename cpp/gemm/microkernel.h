@@ -3,8 +3,11 @@
 //
 //   acc[i][v] = sum_{l < kc} A[l][i] * B[l][v*W : v*W+W]        (i < M, v < NV)
 //
-// A micro-panel: packed, element (i, l) at a[l * MR + i] (MR = the ISA's full tile height; a
-// panel at the bottom edge has M < MR valid rows and the kernel is instantiated for that M).
+// A micro-panel: element (i, l) at a[l * a_stride + i] -- packed (a_stride = MR, the ISA's full
+// tile height) or a transposed A read in place (a_stride = lda) -- or, with kARows, at
+// a[i * a_stride + l]: a row-major A read in place (a_stride = lda), used when n is so small
+// that packing A would not be amortised. A panel at the bottom edge has M < MR valid rows and
+// the kernel is instantiated for that M.
 // B micro-panel: row l at b + l * ldb, its first n_valid columns valid. Packed panels use
 // ldb = NR and are zero-padded to NR columns; B read in place (no packing, !trans_b) uses the
 // caller's ldb and, when n_valid is not a multiple of W, masked loads for the last vector
@@ -50,14 +53,14 @@ static inline void epilogue_store(typename Vec<Isa, T>::reg r, T* c, int lanes,
   }
 }
 
-template <class Isa, class T, int M, int NV, bool kTailB>
-static void gemm_micro_tile(int64_t kc, const T* __restrict a, const T* __restrict b, int64_t ldb,
+template <class Isa, class T, int M, int NV, bool kTailB, bool kARows>
+static void gemm_micro_tile(int64_t kc, const T* __restrict a, int64_t a_stride,
+                            const T* __restrict b, int64_t ldb,
                             T* __restrict c, int64_t ldc, int n_valid,
                             const TileEpilogue<T>& ep) {
   using V = Vec<Isa, T>;
   using reg = typename V::reg;
   constexpr int W = V::width;
-  constexpr int MR = GemmTraits<Isa, T>::MR;
   // Lanes used in the last vector of the tile (W unless this is the right edge).
   const int last_lanes = n_valid - (NV - 1) * W;
 
@@ -79,11 +82,11 @@ static void gemm_micro_tile(int64_t kc, const T* __restrict a, const T* __restri
     }
 #pragma GCC unroll 16
     for (int i = 0; i < M; ++i) {
-      const reg av = V::set1(a[i]);
+      const reg av = V::set1(kARows ? a[i * a_stride] : a[i]);
 #pragma GCC unroll 4
       for (int v = 0; v < NV; ++v) acc[i][v] = V::fmadd(av, bv[v], acc[i][v]);
     }
-    a += MR;
+    a += kARows ? 1 : a_stride;
     b += ldb;
   }
 
@@ -105,33 +108,38 @@ static void gemm_micro_tile(int64_t kc, const T* __restrict a, const T* __restri
 }
 
 template <class T>
-using MicroTileFn = void (*)(int64_t, const T*, const T*, int64_t, T*, int64_t, int,
+using MicroTileFn = void (*)(int64_t, const T*, int64_t, const T*, int64_t, T*, int64_t, int,
                              const TileEpilogue<T>&);
 
-template <class Isa, class T, int NV, bool kTailB, int... Ms>
+template <class Isa, class T, int NV, bool kTailB, bool kARows, int... Ms>
 static inline MicroTileFn<T> pick_micro_tile_m(int m, std::integer_sequence<int, Ms...>) {
-  static constexpr MicroTileFn<T> table[] = {&gemm_micro_tile<Isa, T, Ms + 1, NV, kTailB>...};
+  static constexpr MicroTileFn<T> table[] = {&gemm_micro_tile<Isa, T, Ms + 1, NV, kTailB, kARows>...};
   return table[m - 1];
 }
 
-template <class Isa, class T, bool kTailB, int... NVs>
+template <class Isa, class T, bool kTailB, bool kARows, int... NVs>
 static inline MicroTileFn<T> pick_micro_tile_nv(int m, int nv, std::integer_sequence<int, NVs...>) {
   constexpr int MR = GemmTraits<Isa, T>::MR;
   static constexpr MicroTileFn<T> (*table[])(int, std::make_integer_sequence<int, MR>) = {
-      &pick_micro_tile_m<Isa, T, NVs + 1, kTailB>...};
+      &pick_micro_tile_m<Isa, T, NVs + 1, kTailB, kARows>...};
   return table[nv - 1](m, std::make_integer_sequence<int, MR>{});
 }
 
 // The kernel for an m x n_valid tile (1 <= m <= MR, 1 <= n_valid <= NR); masked_b selects
-// masked loads for a partial last vector of an unpacked B.
+// masked loads for a partial last vector of an unpacked B, a_rows a row-major unpacked A.
 template <class Isa, class T>
-static inline MicroTileFn<T> pick_micro_tile(int m, int n_valid, bool masked_b) {
+static inline MicroTileFn<T> pick_micro_tile(int m, int n_valid, bool masked_b, bool a_rows) {
   constexpr int W = Vec<Isa, T>::width;
   constexpr int NV = GemmTraits<Isa, T>::NV;
+  using NVs = std::make_integer_sequence<int, NV>;
   const int nv = (n_valid + W - 1) / W;
   const bool tail = masked_b && (n_valid % W != 0);
-  if (tail) return pick_micro_tile_nv<Isa, T, true>(m, nv, std::make_integer_sequence<int, NV>{});
-  return pick_micro_tile_nv<Isa, T, false>(m, nv, std::make_integer_sequence<int, NV>{});
+  if (a_rows) {
+    return tail ? pick_micro_tile_nv<Isa, T, true, true>(m, nv, NVs{})
+                : pick_micro_tile_nv<Isa, T, false, true>(m, nv, NVs{});
+  }
+  return tail ? pick_micro_tile_nv<Isa, T, true, false>(m, nv, NVs{})
+              : pick_micro_tile_nv<Isa, T, false, false>(m, nv, NVs{});
 }
 
 }  // namespace seqblocks
