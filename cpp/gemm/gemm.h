@@ -18,16 +18,19 @@
 //            would not be amortised) or B is small (it stays in cache), B is read in place:
 //            its rows are already contiguous along n.
 //
-// Threads: one parallel region per call. The batch x (tm x tn grid of each matrix) is cut into
-// equal shares of "units" by thread id: many small matrices go whole to threads, a single large
-// one is split over M/N panels. K is never split and every C element is computed by the same
-// sequence of operations whichever thread owns it, so results are bit-identical for any thread
-// count. Each thread packs into its own slice of a workspace obtained before the region.
+// Threads: one parallel region per call, never one per matrix or per block. The batch x (a tm x tn
+// grid of each matrix, in whole micro-panels) is cut into about two units per thread, which the
+// threads claim from a shared counter: many small matrices go whole to threads (several per
+// claim), a single large one is split over M/N panels. K is never split and every C element is
+// computed by the same sequence of operations whichever thread owns it, so results are
+// bit-identical for any thread count. Each thread packs into its own slice of a workspace
+// obtained (and, if need be, allocated) before the region, so nothing inside it can throw.
 #pragma once
 
 #include <omp.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <numeric>
 
@@ -236,8 +239,17 @@ void gemm(const GemmProblem<T>& p) {
   int nt = std::max(1, p.nthreads);
   nt = static_cast<int>(std::max(1.0, std::min<double>(nt, work / kGemmMinWorkPerThread)));
 
-  // Parts per matrix so that batch * parts splits evenly over nt threads.
-  const int64_t parts = nt / std::gcd<int64_t>(p.batch, nt);
+  // Work is cut into `units` = batch x parts rectangles of whole panels, fixed by the shape and
+  // nt alone, and threads claim runs of units from a shared counter. With 2 units per thread a
+  // thread that starts late (woken late, or its core busy on a shared machine) leaves its
+  // second unit to the others instead of making them wait at the join. Who computes a unit
+  // never changes its arithmetic, so results stay bit-identical for any thread count.
+  const int64_t target_units = nt > 1 ? 2 * static_cast<int64_t>(nt) : 1;
+  const int64_t parts = std::max<int64_t>(1, (target_units + p.batch - 1) / p.batch);
+  const int64_t units = p.batch * parts;
+  nt = static_cast<int>(std::min<int64_t>(nt, units));
+  // Many small matrices: claim several at a time so the counter is not touched per matrix.
+  const int64_t claim = std::max<int64_t>(1, units / (static_cast<int64_t>(nt) * 8));
   const GemmGrid grid =
       path == GemmPath::dot
           ? gemm_choose_grid(p.m, p.n, p.k, parts, Tr::DOT_MI, Tr::DOT_NJ, false)
@@ -259,7 +271,7 @@ void gemm(const GemmProblem<T>& p) {
 
   const GemmView<T> base{p.m,       p.n,       p.k, p.a,     p.lda,  p.trans_a, p.b,
                          p.ldb,     p.trans_b, p.c, p.ldc,   p.alpha, p.beta,  p.bias};
-  const int64_t units = p.batch * parts;
+  std::atomic<int64_t> next_unit{0};
 
 #pragma omp parallel num_threads(nt) if (nt > 1)
   {
@@ -267,29 +279,33 @@ void gemm(const GemmProblem<T>& p) {
     const int tid = omp_get_thread_num();
     T* abuf = workspace ? workspace + per_thread * static_cast<size_t>(tid) : nullptr;
     T* bbuf = abuf ? abuf + sizes.a : nullptr;
-    const int64_t u0 = units / nt * tid, u1 = units / nt * (tid + 1);
-    for (int64_t u = u0; u < u1; ++u) {
-      const int64_t item = u / parts, part = u % parts;
-      GemmView<T> v = base;
-      v.a = p.a ? p.a + item * p.batch_stride_a : nullptr;
-      v.b = p.b ? p.b + item * p.batch_stride_b : nullptr;
-      v.c = p.c + item * p.batch_stride_c;
-      int64_t i0, i1, j0, j1;
-      gemm_split_range(p.m, grid.row_unit, grid.tm, part / grid.tn, &i0, &i1);
-      gemm_split_range(p.n, grid.col_unit, grid.tn, part % grid.tn, &j0, &j1);
-      if (i0 >= i1 || j0 >= j1) continue;
-      const GemmView<T> s = v.sub(i0, i1, j0, j1);
-      switch (path) {
-        case GemmPath::empty_k:
-          gemm_empty_k(s);
-          break;
-        case GemmPath::dot:
-          dot_gemm<Isa, T>(s.m, s.n, s.k, s.a, s.lda, s.b, s.ldb, s.c, s.ldc, s.alpha, s.beta,
-                           s.bias);
-          break;
-        case GemmPath::packed:
-          gemm_packed<Isa, T>(s, abuf, bbuf);
-          break;
+    for (;;) {
+      const int64_t u0 = next_unit.fetch_add(claim, std::memory_order_relaxed);
+      if (u0 >= units) break;
+      const int64_t u1 = std::min(units, u0 + claim);
+      for (int64_t u = u0; u < u1; ++u) {
+        const int64_t item = u / parts, part = u % parts;
+        GemmView<T> v = base;
+        v.a = p.a ? p.a + item * p.batch_stride_a : nullptr;
+        v.b = p.b ? p.b + item * p.batch_stride_b : nullptr;
+        v.c = p.c + item * p.batch_stride_c;
+        int64_t i0, i1, j0, j1;
+        gemm_split_range(p.m, grid.row_unit, grid.tm, part / grid.tn, &i0, &i1);
+        gemm_split_range(p.n, grid.col_unit, grid.tn, part % grid.tn, &j0, &j1);
+        if (i0 >= i1 || j0 >= j1) continue;
+        const GemmView<T> s = v.sub(i0, i1, j0, j1);
+        switch (path) {
+          case GemmPath::empty_k:
+            gemm_empty_k(s);
+            break;
+          case GemmPath::dot:
+            dot_gemm<Isa, T>(s.m, s.n, s.k, s.a, s.lda, s.b, s.ldb, s.c, s.ldc, s.alpha, s.beta,
+                             s.bias);
+            break;
+          case GemmPath::packed:
+            gemm_packed<Isa, T>(s, abuf, bbuf);
+            break;
+        }
       }
     }
   }
