@@ -14,9 +14,11 @@
 //                    pack B[pc:+KC, jc:+NC] into NR-column micro-panels
 //                    for ir in MC step MR:          A micro-panel (KC x MR)      -> L1
 //                      for jr in NC step NR:        micro-kernel, MR x NR tile  -> registers
-//            When B is not transposed and either m spans only a few micro-panels (packing B
-//            would not be amortised) or B is small (it stays in cache), B is read in place:
-//            its rows are already contiguous along n.
+//            Packing is skipped where it does not pay: B (not transposed) is read in place
+//            when m spans only a few micro-panels or B is small enough to stay in cache (its
+//            rows are already contiguous along n); A is read in place when n fits in one B
+//            micro-panel (each A element would be broadcast once anyway). Tiny and batched
+//            problems therefore run the micro-kernel straight on the caller's arrays.
 //
 // Threads: one parallel region per call, never one per matrix or per block. The batch x (a tm x tn
 // grid of each matrix, in whole micro-panels) is cut into about two units per thread, which the
