@@ -88,14 +88,17 @@ constexpr int64_t kGemmDirectBMaxPanels = 4;
 constexpr int64_t kGemmDirectBMaxBytes = 64 * 1024;
 // A is read in place when n spans at most this many B micro-panels: each element of A would be
 // broadcast only that many times, so packing it costs as much as it saves.
-constexpr int64_t kGemmDirectAMaxPanels = 1;
+constexpr int64_t kGemmDirectAMaxPanels = 2;
 // Fewer multiply-adds than this per thread are not worth waking another thread for.
 constexpr double kGemmMinWorkPerThread = 1 << 17;
 
 template <class Isa, class T>
 static inline GemmPath gemm_choose_path(const GemmProblem<T>& p) {
   if (p.k == 0) return GemmPath::empty_k;
-  if (!p.trans_a && p.trans_b && p.m <= kGemmDotMaxM && p.k >= 2 * Vec<Isa, T>::width) {
+  // Each dot tile ends with MI x NJ horizontal sums, so it needs a long k to amortise them,
+  // except for m <= 4 where packing B (all of W) would cost more than the whole product.
+  constexpr int64_t W = Vec<Isa, T>::width;
+  if (!p.trans_a && p.trans_b && p.m <= kGemmDotMaxM && p.k >= (p.m <= 4 ? 2 : 8) * W) {
     return GemmPath::dot;
   }
   return GemmPath::packed;
@@ -130,6 +133,7 @@ struct PackSizes {
 // The block size <= max_block, a multiple of unit, that cuts `total` into the fewest
 // near-equal blocks.
 static inline int64_t gemm_balanced_block(int64_t total, int64_t max_block, int64_t unit) {
+  if (total <= max_block) return max_block;
   const int64_t blocks = (total + max_block - 1) / max_block;
   const int64_t per = (total + blocks - 1) / blocks;
   return std::min(max_block, (per + unit - 1) / unit * unit);
@@ -286,16 +290,19 @@ void gemm(const GemmProblem<T>& p) {
       if (u0 >= units) break;
       const int64_t u1 = std::min(units, u0 + claim);
       for (int64_t u = u0; u < u1; ++u) {
-        const int64_t item = u / parts, part = u % parts;
+        const int64_t item = parts > 1 ? u / parts : u, part = parts > 1 ? u % parts : 0;
         GemmView<T> v = base;
         v.a = p.a ? p.a + item * p.batch_stride_a : nullptr;
         v.b = p.b ? p.b + item * p.batch_stride_b : nullptr;
         v.c = p.c + item * p.batch_stride_c;
-        int64_t i0, i1, j0, j1;
-        gemm_split_range(p.m, grid.row_unit, grid.tm, part / grid.tn, &i0, &i1);
-        gemm_split_range(p.n, grid.col_unit, grid.tn, part % grid.tn, &j0, &j1);
-        if (i0 >= i1 || j0 >= j1) continue;
-        const GemmView<T> s = v.sub(i0, i1, j0, j1);
+        // (Whole matrices skip the divisions: they are most of the cost of a tiny GEMM.)
+        int64_t i0 = 0, i1 = p.m, j0 = 0, j1 = p.n;
+        if (parts > 1) {
+          gemm_split_range(p.m, grid.row_unit, grid.tm, part / grid.tn, &i0, &i1);
+          gemm_split_range(p.n, grid.col_unit, grid.tn, part % grid.tn, &j0, &j1);
+          if (i0 >= i1 || j0 >= j1) continue;
+        }
+        const GemmView<T> s = parts > 1 ? v.sub(i0, i1, j0, j1) : v;
         switch (path) {
           case GemmPath::empty_k:
             gemm_empty_k(s);
