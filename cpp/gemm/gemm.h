@@ -89,8 +89,9 @@ constexpr int64_t kGemmDirectBMaxBytes = 64 * 1024;
 // A is read in place when n spans at most this many B micro-panels: each element of A would be
 // broadcast only that many times, so packing it costs as much as it saves.
 constexpr int64_t kGemmDirectAMaxPanels = 2;
-// Fewer multiply-adds than this per thread are not worth waking another thread for.
-constexpr double kGemmMinWorkPerThread = 1 << 17;
+// Less work than this (estimated cycles, ~15 us) per thread is not worth waking another
+// thread for: waking a sleeping OpenMP worker alone can take tens of microseconds.
+constexpr double kGemmMinCyclesPerThread = 40000;
 
 template <class Isa, class T>
 static inline GemmPath gemm_choose_path(const GemmProblem<T>& p) {
@@ -240,10 +241,13 @@ void gemm(const GemmProblem<T>& p) {
   constexpr int64_t W = Vec<Isa, T>::width;
   const GemmPath path = gemm_choose_path<Isa, T>(p);
 
-  const double work = static_cast<double>(p.batch) * static_cast<double>(p.m) *
-                      static_cast<double>(p.n) * static_cast<double>(std::max<int64_t>(p.k, 1));
+  // Rough cycle estimate: multiply-adds at 16 per cycle plus every element of A, B and C
+  // touched at half a cycle (GEMV-like shapes are bound by memory, not FMAs).
+  const double m = static_cast<double>(p.m), n = static_cast<double>(p.n),
+               k = static_cast<double>(std::max<int64_t>(p.k, 1));
+  const double cycles = static_cast<double>(p.batch) * (m * n * k / 16 + (m * k + k * n + m * n) / 2);
   int nt = std::max(1, p.nthreads);
-  nt = static_cast<int>(std::max(1.0, std::min<double>(nt, work / kGemmMinWorkPerThread)));
+  nt = static_cast<int>(std::max(1.0, std::min<double>(nt, cycles / kGemmMinCyclesPerThread)));
 
   // Work is cut into `units` = batch x parts rectangles of whole panels, fixed by the shape and
   // nt alone, and threads claim runs of units from a shared counter. With 2 units per thread a
