@@ -1,7 +1,8 @@
 // Packing of GEMM operands into the micro-kernel's panel layouts.
 //
-// A block (mc x kc of op(A)) -> ceil(mc / MR) micro-panels of MR rows, each kc x MR:
-//   dst[p * MR * kc + l * MR + i] = op(A)[p * MR + i][l]
+// A block (mc x kc of op(A)) -> micro-panels of h <= MR rows (the last may have fewer), each
+// kc x h:
+//   dst[p * h * kc + l * h + i] = op(A)[p * h + i][l]
 // B block (kc x nc of op(B)) -> ceil(nc / NR) micro-panels of NR columns, each kc x NR:
 //   dst[q * NR * kc + l * NR + j] = op(B)[l][q * NR + j], zero for columns past nc.
 // op(A)[i][l] is a[i * lda + l], or a[l * lda + i] when transposed; op(B)[l][j] is
@@ -97,15 +98,15 @@ struct TransposeBlock<Avx512, double> {
 #endif
 
 template <class Isa, class T>
-static void pack_a_block(const T* a, int64_t lda, bool trans, int64_t mc, int64_t kc, T* dst) {
+static void pack_a_block(const T* a, int64_t lda, bool trans, int64_t mc, int64_t kc, int h, T* dst) {
   constexpr int MR = GemmTraits<Isa, T>::MR;
-  for (int64_t p0 = 0; p0 < mc; p0 += MR, dst += MR * kc) {
-    const int mr = static_cast<int>(mc - p0 < MR ? mc - p0 : MR);
+  for (int64_t p0 = 0; p0 < mc; p0 += h, dst += h * kc) {
+    const int mr = static_cast<int>(mc - p0 < h ? mc - p0 : h);
     if (trans) {
       // Column l of the panel is mr contiguous elements of stored row l.
       const T* src = a + p0;
       for (int64_t l = 0; l < kc; ++l) {
-        for (int i = 0; i < mr; ++i) dst[l * MR + i] = src[l * lda + i];
+        for (int i = 0; i < mr; ++i) dst[l * h + i] = src[l * lda + i];
       }
     } else if (TransposeBlock<Isa, T>::available) {
       // Width x width register transposes of up to width rows at a time; scalar for the last
@@ -116,13 +117,13 @@ static void pack_a_block(const T* a, int64_t lda, bool trans, int64_t mc, int64_
       for (; l0 + W <= kc; l0 += W) {
         for (int r0 = 0; r0 < mr; r0 += W) {
           TransposeBlock<Isa, T>::run(src + r0 * lda + l0, lda, mr - r0 < W ? mr - r0 : W,
-                                      dst + l0 * MR + r0, MR);
+                                      dst + l0 * h + r0, h);
         }
       }
       for (int i = 0; i < mr; ++i) {
-        for (int64_t l = l0; l < kc; ++l) dst[l * MR + i] = src[i * lda + l];
+        for (int64_t l = l0; l < kc; ++l) dst[l * h + i] = src[i * lda + l];
       }
-    } else if (mr == MR) {
+    } else if (mr == MR && h == MR) {
       // MR sequential row streams interleaved; with MR a constant the inner loop unrolls.
       const T* src = a + p0 * lda;
       for (int64_t l = 0; l < kc; ++l) {
@@ -132,7 +133,7 @@ static void pack_a_block(const T* a, int64_t lda, bool trans, int64_t mc, int64_
     } else {
       const T* src = a + p0 * lda;
       for (int i = 0; i < mr; ++i) {
-        for (int64_t l = 0; l < kc; ++l) dst[l * MR + i] = src[i * lda + l];
+        for (int64_t l = 0; l < kc; ++l) dst[l * h + i] = src[i * lda + l];
       }
     }
   }
