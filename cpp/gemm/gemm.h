@@ -1,33 +1,328 @@
-// PLACEHOLDER (to be replaced by the packed, blocked GEMM): straightforward triple loop.
+// GEMM driver: C[b] = alpha * op(A[b]) @ op(B[b]) + beta * C[b] + bias, for the semantics of
+// GemmProblem (runtime/kernel_table.h).
+//
+// Paths (chosen from the shape only, so a given problem always takes the same arithmetic):
+//   empty_k  k == 0: C = beta * C + bias (C not read when beta == 0).
+//   dot      !trans_a && trans_b && small m: unpacked dot products of contiguous rows
+//            (dot_gemm.h) -- the `linear` shape of an RNN step.
+//   packed   everything else: BLIS-style blocking, mirrored for row-major C (vectors run
+//            along n, A is broadcast):
+//              for ic in M step MC:                 A block (MC x KC) packed     -> L3
+//                for pc in K step KC:
+//                  pack A[ic:+MC, pc:+KC] into MR-row micro-panels
+//                  for jc in N step NC:             B block (KC x NC) packed     -> L2
+//                    pack B[pc:+KC, jc:+NC] into NR-column micro-panels
+//                    for ir in MC step MR:          A micro-panel (KC x MR)      -> L1
+//                      for jr in NC step NR:        micro-kernel, MR x NR tile  -> registers
+//            Packing is skipped where it does not pay: B (not transposed) is read in place
+//            when m spans only a few micro-panels or B is small enough to stay in cache (its
+//            rows are already contiguous along n); A is read in place when n fits in one B
+//            micro-panel (each A element would be broadcast once anyway). Tiny and batched
+//            problems therefore run the micro-kernel straight on the caller's arrays.
+//
+// Threads: one parallel region per call, never one per matrix or per block. The batch x (a tm x tn
+// grid of each matrix, in whole micro-panels) is cut into about two units per thread, which the
+// threads claim from a shared counter: many small matrices go whole to threads (several per
+// claim), a single large one is split over M/N panels. K is never split and every C element is
+// computed by the same sequence of operations whichever thread owns it, so results are
+// bit-identical for any thread count. Each thread packs into its own slice of a workspace
+// obtained (and, if need be, allocated) before the region, so nothing inside it can throw.
 #pragma once
 
-#include <cstdint>
+#include <omp.h>
 
+#include <algorithm>
+#include <atomic>
+#include <cstdint>
+#include <numeric>
+
+#include "gemm/dot_gemm.h"
+#include "gemm/microkernel.h"
+#include "gemm/pack.h"
+#include "gemm/traits.h"
+#include "gemm/workspace.h"
 #include "runtime/denormals.h"
 #include "runtime/kernel_table.h"
 #include "simd/vec.h"
 
 namespace seqblocks {
 
+// One matrix of the batch, possibly restricted to a rectangle of its C.
+template <class T>
+struct GemmView {
+  int64_t m, n, k;
+  const T* a;
+  int64_t lda;
+  bool trans_a;
+  const T* b;
+  int64_t ldb;
+  bool trans_b;
+  T* c;
+  int64_t ldc;
+  T alpha, beta;
+  const T* bias;
+
+  // Rows [i0, i1) and columns [j0, j1) of C.
+  GemmView sub(int64_t i0, int64_t i1, int64_t j0, int64_t j1) const {
+    GemmView v = *this;
+    v.m = i1 - i0;
+    v.n = j1 - j0;
+    if (k > 0) {
+      v.a = trans_a ? a + i0 : a + i0 * lda;
+      v.b = trans_b ? b + j0 * ldb : b + j0;
+    }
+    v.c = c + i0 * ldc + j0;
+    v.bias = bias ? bias + j0 : nullptr;
+    return v;
+  }
+};
+
+enum class GemmPath { empty_k, dot, packed };
+
+// Largest m for the dot path; above it the packed kernel's register reuse wins.
+constexpr int64_t kGemmDotMaxM = 32;
+// B is read in place (!trans_b only) when m spans at most this many A micro-panels (packing
+// would not be amortised), or when all of B is at most this many bytes (it stays in L1/L2
+// and its rows are close together, so packing buys nothing).
+constexpr int64_t kGemmDirectBMaxPanels = 4;
+constexpr int64_t kGemmDirectBMaxBytes = 64 * 1024;
+// A is read in place when n spans at most this many B micro-panels: each element of A would be
+// broadcast only that many times, so packing it costs as much as it saves.
+constexpr int64_t kGemmDirectAMaxPanels = 2;
+// Less work than this (estimated cycles, ~15 us) per thread is not worth waking another
+// thread for: waking a sleeping OpenMP worker alone can take tens of microseconds.
+constexpr double kGemmMinCyclesPerThread = 40000;
+
+template <class Isa, class T>
+static inline GemmPath gemm_choose_path(const GemmProblem<T>& p) {
+  if (p.k == 0) return GemmPath::empty_k;
+  // Each dot tile ends with MI x NJ horizontal sums, so it needs a long k to amortise them,
+  // except for m <= 4 where packing B (all of W) would cost more than the whole product.
+  constexpr int64_t W = Vec<Isa, T>::width;
+  if (!p.trans_a && p.trans_b && p.m <= kGemmDotMaxM && p.k >= (p.m <= 4 ? 2 : 8) * W) {
+    return GemmPath::dot;
+  }
+  return GemmPath::packed;
+}
+
+template <class T>
+static void gemm_empty_k(const GemmView<T>& v) {
+  for (int64_t i = 0; i < v.m; ++i) {
+    T* crow = v.c + i * v.ldc;
+    for (int64_t j = 0; j < v.n; ++j) {
+      T r = v.beta == T(0) ? T(0) : v.beta * crow[j];
+      if (v.bias) r += v.bias[j];
+      crow[j] = r;
+    }
+  }
+}
+
+// Packing-buffer sizes (elements) one thread needs for a view of at most m x n x k.
+template <class Isa, class T>
+struct PackSizes {
+  size_t a = 0, b = 0;
+  PackSizes(int64_t m, int64_t n, int64_t k) {
+    using Tr = GemmTraits<Isa, T>;
+    constexpr int64_t MR = Tr::MR, NR = Tr::NV * Vec<Isa, T>::width;
+    const int64_t kc = std::min(k, Tr::KC);
+    const int64_t mc = std::min(m, Tr::MC), nc = std::min(n, Tr::NC);
+    a = GemmWorkspace<T>::round_up(static_cast<size_t>((mc + MR - 1) / MR * MR * kc));
+    b = GemmWorkspace<T>::round_up(static_cast<size_t>((nc + NR - 1) / NR * NR * kc));
+  }
+};
+
+// The block size <= max_block, a multiple of unit, that cuts `total` into the fewest
+// near-equal blocks.
+static inline int64_t gemm_balanced_block(int64_t total, int64_t max_block, int64_t unit) {
+  if (total <= max_block) return max_block;
+  const int64_t blocks = (total + max_block - 1) / max_block;
+  const int64_t per = (total + blocks - 1) / blocks;
+  return std::min(max_block, (per + unit - 1) / unit * unit);
+}
+
+template <class Isa, class T>
+static void gemm_packed(const GemmView<T>& v, T* abuf, T* bbuf) {
+  using Tr = GemmTraits<Isa, T>;
+  constexpr int64_t MR = Tr::MR, NR = Tr::NV * Vec<Isa, T>::width;
+  const bool b_direct =
+      !v.trans_b && (v.m <= kGemmDirectBMaxPanels * MR ||
+                     v.k * v.n * static_cast<int64_t>(sizeof(T)) <= kGemmDirectBMaxBytes);
+  const bool a_direct = v.n <= kGemmDirectAMaxPanels * NR;
+
+  // Equal-sized blocks (whole micro-panels) rather than full blocks plus a thin remainder,
+  // which would pack a whole B block for a few rows, or sweep L1 for a few columns.
+  const int64_t mc_step = gemm_balanced_block(v.m, Tr::MC, MR);
+  const int64_t nc_step = gemm_balanced_block(v.n, Tr::NC, NR);
+  for (int64_t ic = 0; ic < v.m; ic += mc_step) {
+    const int64_t mc = std::min(mc_step, v.m - ic);
+    // Micro-panel height: MR, or less so that the panels of this block are near-equal (m = 32
+    // runs as 11 + 11 + 10 rows rather than 14 + 14 + 4, whose 4-row tile would be bound by
+    // FMA latency). Tile heights never change the arithmetic of an element.
+    const int h = static_cast<int>(gemm_balanced_block(mc, MR, 1));
+    for (int64_t pc = 0; pc < v.k; pc += Tr::KC) {
+      const int64_t kc = std::min(Tr::KC, v.k - pc);
+      const T* ablk = v.trans_a ? v.a + pc * v.lda + ic : v.a + ic * v.lda + pc;
+      if (!a_direct) pack_a_block<Isa, T>(ablk, v.lda, v.trans_a, mc, kc, h, abuf);
+      TileEpilogue<T> ep{v.alpha, v.beta, nullptr, pc == 0, pc + kc == v.k};
+
+      for (int64_t jc = 0; jc < v.n; jc += nc_step) {
+        const int64_t nc = std::min(nc_step, v.n - jc);
+        const T* bblk;
+        int64_t ldb_blk;
+        if (b_direct) {
+          bblk = v.b + pc * v.ldb + jc;
+          ldb_blk = v.ldb;
+        } else {
+          pack_b_block<Isa, T>(v.trans_b ? v.b + jc * v.ldb + pc : v.b + pc * v.ldb + jc, v.ldb,
+                               v.trans_b, kc, nc, bbuf);
+          bblk = bbuf;
+          ldb_blk = NR;
+        }
+        for (int64_t ir = 0; ir < mc; ir += h) {
+          const int mr = static_cast<int>(std::min<int64_t>(h, mc - ir));
+          const T* apanel = !a_direct ? abuf + ir * kc : v.trans_a ? ablk + ir : ablk + ir * v.lda;
+          const int64_t a_stride = a_direct ? v.lda : h;
+          T* crow = v.c + (ic + ir) * v.ldc + jc;
+          for (int64_t jr = 0; jr < nc; jr += NR) {
+            const int nr = static_cast<int>(std::min(NR, nc - jr));
+            const T* bpanel = b_direct ? bblk + jr : bblk + jr * kc;
+            ep.bias = v.bias ? v.bias + jc + jr : nullptr;
+            pick_micro_tile<Isa, T>(mr, nr, b_direct, a_direct && !v.trans_a)(
+                kc, apanel, a_stride, bpanel, ldb_blk, crow + jr, v.ldc, nr, ep);
+          }
+        }
+      }
+    }
+  }
+}
+
+// How one matrix is cut into tm x tn rectangles of whole micro-panels.
+struct GemmGrid {
+  int64_t tm = 1, tn = 1;
+  int64_t row_unit = 1, col_unit = 1;
+};
+
+// Picks tm x tn = parts minimising the largest share: its multiply-adds plus the packing it
+// duplicates (each rectangle packs its own rows of A and columns of B; one packed element
+// costs about as much as `pack_cost` multiply-adds).
+static inline GemmGrid gemm_choose_grid(int64_t m, int64_t n, int64_t k, int64_t parts,
+                                        int64_t row_unit, int64_t col_unit, bool rows_allowed) {
+  GemmGrid best;
+  best.row_unit = row_unit;
+  best.col_unit = col_unit;
+  best.tn = parts;
+  if (!rows_allowed) return best;
+  constexpr double pack_cost = 16.0;
+  const int64_t pm = (m + row_unit - 1) / row_unit, pn = (n + col_unit - 1) / col_unit;
+  double best_cost = -1;
+  for (int64_t tm = 1; tm <= parts; ++tm) {
+    if (parts % tm != 0) continue;
+    const int64_t tn = parts / tm;
+    const double rows = static_cast<double>((pm + tm - 1) / tm * row_unit);
+    const double cols = static_cast<double>((pn + tn - 1) / tn * col_unit);
+    const double cost = rows * cols * static_cast<double>(k) + pack_cost * (rows + cols) * k;
+    if (best_cost < 0 || cost < best_cost) {
+      best_cost = cost;
+      best.tm = tm;
+      best.tn = tn;
+    }
+  }
+  return best;
+}
+
+// [begin, end) of the r-th of `parts` near-equal runs of whole units over [0, total).
+static inline void gemm_split_range(int64_t total, int64_t unit, int64_t parts, int64_t r,
+                                    int64_t* begin, int64_t* end) {
+  const int64_t units = (total + unit - 1) / unit;
+  *begin = std::min(total, r * units / parts * unit);
+  *end = std::min(total, (r + 1) * units / parts * unit);
+}
+
 template <class Isa, class T>
 void gemm(const GemmProblem<T>& p) {
-  DenormalsFlushed flush;
-  for (int64_t bi = 0; bi < p.batch; ++bi) {
-    const T* a = p.a + bi * p.batch_stride_a;
-    const T* b = p.b + bi * p.batch_stride_b;
-    T* c = p.c + bi * p.batch_stride_c;
-    for (int64_t i = 0; i < p.m; ++i) {
-      for (int64_t j = 0; j < p.n; ++j) {
-        T acc = 0;
-        for (int64_t l = 0; l < p.k; ++l) {
-          const T av = p.trans_a ? a[l * p.lda + i] : a[i * p.lda + l];
-          const T bv = p.trans_b ? b[j * p.ldb + l] : b[l * p.ldb + j];
-          acc += av * bv;
+  if (p.m <= 0 || p.n <= 0 || p.batch <= 0) return;
+  using Tr = GemmTraits<Isa, T>;
+  constexpr int64_t W = Vec<Isa, T>::width;
+  const GemmPath path = gemm_choose_path<Isa, T>(p);
+
+  // Rough cycle estimate: multiply-adds at 16 per cycle plus every element of A, B and C
+  // touched at half a cycle (GEMV-like shapes are bound by memory, not FMAs).
+  const double m = static_cast<double>(p.m), n = static_cast<double>(p.n),
+               k = static_cast<double>(std::max<int64_t>(p.k, 1));
+  const double cycles = static_cast<double>(p.batch) * (m * n * k / 16 + (m * k + k * n + m * n) / 2);
+  int nt = std::max(1, p.nthreads);
+  nt = static_cast<int>(std::max(1.0, std::min<double>(nt, cycles / kGemmMinCyclesPerThread)));
+
+  // Work is cut into `units` = batch x parts rectangles of whole panels, fixed by the shape and
+  // nt alone, and threads claim runs of units from a shared counter. With 2 units per thread a
+  // thread that starts late (woken late, or its core busy on a shared machine) leaves its
+  // second unit to the others instead of making them wait at the join. Who computes a unit
+  // never changes its arithmetic, so results stay bit-identical for any thread count.
+  const int64_t target_units = nt > 1 ? 2 * static_cast<int64_t>(nt) : 1;
+  const int64_t parts = std::max<int64_t>(1, (target_units + p.batch - 1) / p.batch);
+  const int64_t units = p.batch * parts;
+  nt = static_cast<int>(std::min<int64_t>(nt, units));
+  // Many small matrices: claim several at a time so the counter is not touched per matrix.
+  const int64_t claim = std::max<int64_t>(1, units / (static_cast<int64_t>(nt) * 8));
+  const GemmGrid grid =
+      path == GemmPath::dot
+          ? gemm_choose_grid(p.m, p.n, p.k, parts, Tr::DOT_MI, Tr::DOT_NJ, false)
+          : gemm_choose_grid(p.m, p.n, p.k, parts, Tr::MR, Tr::NV * W, true);
+
+  // Per-thread packing buffers, sized for the largest rectangle a thread can get.
+  T* workspace = nullptr;
+  size_t per_thread = 0;
+  PackSizes<Isa, T> sizes(0, 0, 0);
+  if (path == GemmPath::packed) {
+    const int64_t rows = ((p.m + grid.row_unit - 1) / grid.row_unit + grid.tm - 1) / grid.tm *
+                         grid.row_unit;
+    const int64_t cols = ((p.n + grid.col_unit - 1) / grid.col_unit + grid.tn - 1) / grid.tn *
+                         grid.col_unit;
+    sizes = PackSizes<Isa, T>(rows, cols, p.k);
+    per_thread = sizes.a + sizes.b;
+    workspace = gemm_workspace<Isa, T>().get(per_thread * static_cast<size_t>(nt));
+  }
+
+  const GemmView<T> base{p.m,       p.n,       p.k, p.a,     p.lda,  p.trans_a, p.b,
+                         p.ldb,     p.trans_b, p.c, p.ldc,   p.alpha, p.beta,  p.bias};
+  std::atomic<int64_t> next_unit{0};
+
+#pragma omp parallel num_threads(nt) if (nt > 1)
+  {
+    DenormalsFlushed flush;
+    const int tid = omp_get_thread_num();
+    T* abuf = workspace ? workspace + per_thread * static_cast<size_t>(tid) : nullptr;
+    T* bbuf = abuf ? abuf + sizes.a : nullptr;
+    for (;;) {
+      const int64_t u0 = next_unit.fetch_add(claim, std::memory_order_relaxed);
+      if (u0 >= units) break;
+      const int64_t u1 = std::min(units, u0 + claim);
+      for (int64_t u = u0; u < u1; ++u) {
+        const int64_t item = parts > 1 ? u / parts : u, part = parts > 1 ? u % parts : 0;
+        GemmView<T> v = base;
+        v.a = p.a ? p.a + item * p.batch_stride_a : nullptr;
+        v.b = p.b ? p.b + item * p.batch_stride_b : nullptr;
+        v.c = p.c + item * p.batch_stride_c;
+        // (Whole matrices skip the divisions: they are most of the cost of a tiny GEMM.)
+        int64_t i0 = 0, i1 = p.m, j0 = 0, j1 = p.n;
+        if (parts > 1) {
+          gemm_split_range(p.m, grid.row_unit, grid.tm, part / grid.tn, &i0, &i1);
+          gemm_split_range(p.n, grid.col_unit, grid.tn, part % grid.tn, &j0, &j1);
+          if (i0 >= i1 || j0 >= j1) continue;
         }
-        T out = p.alpha * acc;
-        if (p.beta != T(0)) out += p.beta * c[i * p.ldc + j];
-        if (p.bias) out += p.bias[j];
-        c[i * p.ldc + j] = out;
+        const GemmView<T> s = parts > 1 ? v.sub(i0, i1, j0, j1) : v;
+        switch (path) {
+          case GemmPath::empty_k:
+            gemm_empty_k(s);
+            break;
+          case GemmPath::dot:
+            dot_gemm<Isa, T>(s.m, s.n, s.k, s.a, s.lda, s.b, s.ldb, s.c, s.ldc, s.alpha, s.beta,
+                             s.bias);
+            break;
+          case GemmPath::packed:
+            gemm_packed<Isa, T>(s, abuf, bbuf);
+            break;
+        }
       }
     }
   }

@@ -1,0 +1,71 @@
+// Register- and cache-blocking sizes per ISA and dtype.
+//
+// Micro-tile: MR rows of C x NR = NV * width columns, held in MR * NV vector accumulators.
+// Each k step loads NV vectors of B and broadcasts MR scalars of A, so the tile does MR * NV
+// FMAs per (NV loads + MR broadcasts). The tile is as large as the register file allows
+// (accumulators + NV B vectors + one broadcast): AVX-512 has 32 zmm -> 14 x 2 = 28
+// accumulators; AVX2 has 16 ymm -> 6 x 2 = 12.
+//
+// Cache blocks, sized for the machine this was tuned on (2 cores of a Xeon with 48 KiB L1d
+// and 2 MiB L2 per core), following the BLIS analysis mirrored for row-major C:
+//   KC: one packed A micro-panel (KC x MR) stays in L1 while it is swept across the whole
+//       packed B block, so KC * MR * sizeof(T) ~ half of L1.
+//   NC: the packed B block (KC x NC) stays in L2 and is re-read once per A micro-panel, so
+//       KC * NC * sizeof(T) ~ half of L2.
+//   MC: the packed A block (MC x KC) only needs to live in L3; MC bounds the buffer and how
+//       often B is re-packed (once per MC rows).
+#pragma once
+
+#include <cstdint>
+
+#include "simd/vec.h"
+
+namespace seqblocks {
+
+template <class Isa, class T>
+struct GemmTraits;
+
+template <>
+struct GemmTraits<Scalar, float> {
+  static constexpr int MR = 4, NV = 4;
+  static constexpr int64_t KC = 256, NC = 512, MC = 256;
+  static constexpr int DOT_MI = 2, DOT_NJ = 4;
+};
+template <>
+struct GemmTraits<Scalar, double> {
+  static constexpr int MR = 4, NV = 4;
+  static constexpr int64_t KC = 256, NC = 256, MC = 256;
+  static constexpr int DOT_MI = 2, DOT_NJ = 4;
+};
+
+#if defined(__AVX2__) && defined(__FMA__)
+template <>
+struct GemmTraits<Avx2, float> {
+  static constexpr int MR = 6, NV = 2;
+  static constexpr int64_t KC = 384, NC = 672, MC = 960;
+  static constexpr int DOT_MI = 2, DOT_NJ = 4;
+};
+template <>
+struct GemmTraits<Avx2, double> {
+  static constexpr int MR = 6, NV = 2;
+  static constexpr int64_t KC = 256, NC = 512, MC = 960;
+  static constexpr int DOT_MI = 2, DOT_NJ = 4;
+};
+#endif
+
+#if defined(__AVX512F__) && defined(__AVX512DQ__)
+template <>
+struct GemmTraits<Avx512, float> {
+  static constexpr int MR = 14, NV = 2;
+  static constexpr int64_t KC = 384, NC = 640, MC = 1008;
+  static constexpr int DOT_MI = 4, DOT_NJ = 4;
+};
+template <>
+struct GemmTraits<Avx512, double> {
+  static constexpr int MR = 14, NV = 2;
+  static constexpr int64_t KC = 256, NC = 512, MC = 1008;
+  static constexpr int DOT_MI = 4, DOT_NJ = 4;
+};
+#endif
+
+}  // namespace seqblocks
