@@ -38,9 +38,13 @@ FUNCS = {
 
 # Bounds in ulp (policy above). Measured maxima are in the comments next to each function in
 # cpp/math/ (float32: exhaustive over all 2^32 inputs with benchmarks/math_exhaustive.py).
+# float64: the reference is float64 arithmetic too, itself up to ~1 ulp (tanh), 2 ulp (sigmoid)
+# and 3.3 ulp (gelu, through libm erfc) from the exact value (mpmath spot check of 4000
+# points), so the float64 bounds are the kernels' own error (<= 3 ulp by the same check) plus
+# the reference's.
 MAX_ULP = {
     np.float32: {"exp": 4, "tanh": 4, "sigmoid": 4, "gelu": 4, "gelu_tanh": 4},
-    np.float64: {"exp": 4, "tanh": 4, "sigmoid": 4, "gelu": 4, "gelu_tanh": 4},
+    np.float64: {"exp": 2, "tanh": 4, "sigmoid": 5, "gelu": 6, "gelu_tanh": 4},
 }
 
 

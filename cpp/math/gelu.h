@@ -34,19 +34,20 @@ inline typename Vec<Isa, T>::reg gelu_tanh(typename Vec<Isa, T>::reg x) {
   const reg xc = V::max(V::set1(-k), V::min(V::set1(k), x));
   // s = x^2 exactly (hi + lo)
   const reg s_hi = V::mul(xc, xc);
-  const reg s_lo = V::fmadd(xc, xc, V::neg(s_hi));
+  const reg s_lo = V::fmsub(xc, xc, s_hi);
   // p = B s
   const reg p_hi = V::mul(b_hi, s_hi);
-  reg p_lo = V::fmadd(b_hi, s_hi, V::neg(p_hi));
+  reg p_lo = V::fmsub(b_hi, s_hi, p_hi);
   p_lo = V::fmadd(b_hi, s_lo, V::fmadd(b_lo, s_hi, p_lo));
-  // t = A + p (TwoSum on the high parts)
+  // t = A + p (TwoSum on the high parts; if the compiler contracts B s_hi + A into one FMA,
+  // t_hi moves by at most an ulp and t_hi + t_lo is still A + p to double-T precision)
   const reg t_hi = V::add(a_hi, p_hi);
   const reg bv = V::sub(t_hi, a_hi);
   const reg t_err = V::add(V::sub(a_hi, V::sub(t_hi, bv)), V::sub(p_hi, bv));
   const reg t_lo = V::add(t_err, V::add(a_lo, p_lo));
   // v = x t
   const reg v_hi = V::mul(xc, t_hi);
-  const reg v_lo = V::fmadd(xc, t_lo, V::fmadd(xc, t_hi, V::neg(v_hi)));
+  const reg v_lo = V::fmadd(xc, t_lo, V::fmsub(xc, t_hi, v_hi));
   // e^-|v|: v has the sign of x
   const typename V::mask neg_x = V::le(x, V::zero());
   // e256 = 2^8 e: for x < 0 the result x e / (1 + e) is normal while e itself is already

@@ -91,13 +91,13 @@ def gelu(x: np.ndarray, approximate: str = "none") -> np.ndarray:
         if x.dtype == np.float64 and _LONG_IS_WIDER:
             wl = w.astype(np.longdouble)
             with np.errstate(over="ignore", invalid="ignore"):
-                v = 2 * np.sqrt(np.longdouble(2) / _PI_LONG) * (wl + np.longdouble("0.044715") * wl**3)
+                v = 2 * np.sqrt(np.longdouble(2) / _PI_LONG) * (wl + np.longdouble("0.044715") * (wl * wl * wl))
                 e = np.exp(-np.abs(v))
                 s = np.where(v >= 0, 1 / (1 + e), e / (1 + e))
                 out = (wl * s).astype(np.float64)
         else:
             with np.errstate(over="ignore", invalid="ignore"):
-                u = _SQRT_2_OVER_PI * (w + 0.044715 * w**3)
+                u = _SQRT_2_OVER_PI * (w + 0.044715 * (w * w * w))
                 out = w * _sigmoid(2.0 * u)
     else:
         raise ValueError(f"approximate: expected 'none' or 'tanh', got {approximate!r}")
