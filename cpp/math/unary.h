@@ -27,9 +27,13 @@
 namespace seqblocks {
 namespace math {
 
-// Below this many elements per extra thread, a parallel region costs more than it saves
-// (measured: ~25 us per region start vs ~1 ns per element for the costliest float function).
+// Elements per thread below which fewer threads are used. A warm OpenMP team starts a region
+// in ~1-2 us; threads that went to sleep take longer. Measured (AVX-512, float, best of 300):
+// exp 16K elements 5.5 us on 1 thread vs 4.2 us on 2, 32K 10.6 vs 6.9; GELU (erf) 8K 5.9 vs
+// 3.9 us. So a thread gets at least ~4-8 us of work: 16K elements of exp, 8K of the costlier
+// functions (float; double costs ~3x per element, so these are conservative for it).
 static constexpr int64_t kUnaryMinPerThread = 16384;
+static constexpr int64_t kUnaryMinPerThreadCostly = 8192;
 
 template <class Isa, class T, class F>
 inline void unary_range(F f, const T* x, T* y, int64_t n) {
@@ -77,15 +81,15 @@ inline void parallel_chunks(int64_t n, int nthreads, int64_t min_per_thread, Bod
 }
 
 template <class Isa, class T, class F>
-inline void unary_parallel(F f, const T* x, T* y, int64_t n, int nthreads) {
-  parallel_chunks(n, nthreads, kUnaryMinPerThread,
+inline void unary_parallel(F f, const T* x, T* y, int64_t n, int nthreads, int64_t min_per_thread) {
+  parallel_chunks(n, nthreads, min_per_thread,
                   [&](int64_t i0, int64_t i1) { unary_range<Isa, T>(f, x + i0, y + i0, i1 - i0); });
 }
 
-// GELU (erf form) in double: libm per element (see gelu_erf_f64); ~20x the cost per element of
-// the vector functions, so threads pay off sooner.
+// GELU (erf form) in double: libm per element (see gelu_erf_f64), ~25 ns per element, so
+// threads pay off much sooner.
 static inline void gelu_erf_f64_parallel(const double* x, double* y, int64_t n, int nthreads) {
-  parallel_chunks(n, nthreads, kUnaryMinPerThread / 16, [&](int64_t i0, int64_t i1) {
+  parallel_chunks(n, nthreads, 1024, [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i) y[i] = gelu_erf_f64(x[i]);
   });
 }
@@ -98,23 +102,28 @@ void unary_apply(UnaryOp op, const T* x, T* y, int64_t n, int nthreads) {
   if (n <= 0) return;
   switch (op) {
     case UnaryOp::exp:
-      math::unary_parallel<Isa, T>([](reg v) { return math::exp<Isa, T>(v); }, x, y, n, nthreads);
+      math::unary_parallel<Isa, T>([](reg v) { return math::exp<Isa, T>(v); }, x, y, n, nthreads,
+                                   math::kUnaryMinPerThread);
       break;
     case UnaryOp::tanh:
-      math::unary_parallel<Isa, T>([](reg v) { return math::tanh<Isa, T>(v); }, x, y, n, nthreads);
+      math::unary_parallel<Isa, T>([](reg v) { return math::tanh<Isa, T>(v); }, x, y, n, nthreads,
+                                   math::kUnaryMinPerThreadCostly);
       break;
     case UnaryOp::sigmoid:
-      math::unary_parallel<Isa, T>([](reg v) { return math::sigmoid<Isa, T>(v); }, x, y, n, nthreads);
+      math::unary_parallel<Isa, T>([](reg v) { return math::sigmoid<Isa, T>(v); }, x, y, n, nthreads,
+                                   math::kUnaryMinPerThreadCostly);
       break;
     case UnaryOp::gelu_erf:
       if constexpr (std::is_same_v<T, float>) {
-        math::unary_parallel<Isa, T>([](reg v) { return math::gelu_erf<Isa>(v); }, x, y, n, nthreads);
+        math::unary_parallel<Isa, T>([](reg v) { return math::gelu_erf<Isa>(v); }, x, y, n, nthreads,
+                                   math::kUnaryMinPerThreadCostly);
       } else {
         math::gelu_erf_f64_parallel(x, y, n, nthreads);
       }
       break;
     case UnaryOp::gelu_tanh:
-      math::unary_parallel<Isa, T>([](reg v) { return math::gelu_tanh<Isa, T>(v); }, x, y, n, nthreads);
+      math::unary_parallel<Isa, T>([](reg v) { return math::gelu_tanh<Isa, T>(v); }, x, y, n, nthreads,
+                                   math::kUnaryMinPerThreadCostly);
       break;
     default:
       break;
