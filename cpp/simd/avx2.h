@@ -5,6 +5,8 @@
 
 #include <cstdint>
 
+#include "simd/scalar.h"
+
 namespace seqblocks {
 
 // Lane-index masks for partial loads/stores: lane i is active iff i < n.
@@ -37,6 +39,7 @@ struct Vec<Avx2, float> {
   static reg max(reg a, reg b) { return _mm256_max_ps(a, b); }
   static reg fmadd(reg a, reg b, reg c) { return _mm256_fmadd_ps(a, b, c); }
   static reg fnmadd(reg a, reg b, reg c) { return _mm256_fnmadd_ps(a, b, c); }
+  static reg fmsub(reg a, reg b, reg c) { return _mm256_fmsub_ps(a, b, c); }
   static reg abs(reg a) { return _mm256_andnot_ps(_mm256_set1_ps(-0.0f), a); }
   static reg neg(reg a) { return _mm256_xor_ps(_mm256_set1_ps(-0.0f), a); }
   static reg sqrt(reg a) { return _mm256_sqrt_ps(a); }
@@ -59,6 +62,10 @@ struct Vec<Avx2, float> {
     const __m256i e = _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127));
     return _mm256_castsi256_ps(_mm256_slli_epi32(e, 23));
   }
+  static constexpr int rcp_approx_bits = 11;  // |error| <= 1.5 * 2^-12
+  static reg rcp_approx(reg a) { return _mm256_rcp_ps(a); }
+  // Two exact factors (see ldexp_by_halves); NaN n converts to INT_MIN, giving a finite factor.
+  static reg ldexp(reg a, reg n) { return ldexp_by_halves<Vec>(a, n); }
   static float hsum(reg a) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
     s = _mm_add_ps(s, _mm_movehl_ps(s, s));
@@ -87,6 +94,7 @@ struct Vec<Avx2, double> {
   static reg max(reg a, reg b) { return _mm256_max_pd(a, b); }
   static reg fmadd(reg a, reg b, reg c) { return _mm256_fmadd_pd(a, b, c); }
   static reg fnmadd(reg a, reg b, reg c) { return _mm256_fnmadd_pd(a, b, c); }
+  static reg fmsub(reg a, reg b, reg c) { return _mm256_fmsub_pd(a, b, c); }
   static reg abs(reg a) { return _mm256_andnot_pd(_mm256_set1_pd(-0.0), a); }
   static reg neg(reg a) { return _mm256_xor_pd(_mm256_set1_pd(-0.0), a); }
   static reg sqrt(reg a) { return _mm256_sqrt_pd(a); }
@@ -113,6 +121,11 @@ struct Vec<Avx2, double> {
                                           _mm256_castpd_si256(magic));
     return _mm256_castsi256_pd(_mm256_slli_epi64(_mm256_add_epi64(bits, _mm256_set1_epi64x(1023)), 52));
   }
+  // AVX2 has no double reciprocal estimate: the float one, through conversions.
+  static constexpr int rcp_approx_bits = 11;
+  static reg rcp_approx(reg a) { return _mm256_cvtps_pd(_mm_rcp_ps(_mm256_cvtpd_ps(a))); }
+  // Two exact factors (see ldexp_by_halves); NaN n gives a finite factor.
+  static reg ldexp(reg a, reg n) { return ldexp_by_halves<Vec>(a, n); }
   static double hsum(reg a) {
     __m128d s = _mm_add_pd(_mm256_castpd256_pd128(a), _mm256_extractf128_pd(a, 1));
     s = _mm_add_sd(s, _mm_unpackhi_pd(s, s));

@@ -29,6 +29,7 @@ struct Vec<Avx512, float> {
   static reg max(reg a, reg b) { return _mm512_max_ps(a, b); }
   static reg fmadd(reg a, reg b, reg c) { return _mm512_fmadd_ps(a, b, c); }
   static reg fnmadd(reg a, reg b, reg c) { return _mm512_fnmadd_ps(a, b, c); }
+  static reg fmsub(reg a, reg b, reg c) { return _mm512_fmsub_ps(a, b, c); }
   static reg abs(reg a) { return _mm512_abs_ps(a); }
   static reg neg(reg a) { return _mm512_castsi512_ps(_mm512_xor_si512(_mm512_castps_si512(a), _mm512_set1_epi32(INT32_MIN))); }
   static reg sqrt(reg a) { return _mm512_sqrt_ps(a); }
@@ -53,6 +54,9 @@ struct Vec<Avx512, float> {
     const __m512i e = _mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127));
     return _mm512_castsi512_ps(_mm512_slli_epi32(e, 23));
   }
+  static reg ldexp(reg a, reg n) { return _mm512_scalef_ps(a, n); }
+  static constexpr int rcp_approx_bits = 14;  // |error| < 2^-14
+  static reg rcp_approx(reg a) { return _mm512_rcp14_ps(a); }
   static float hsum(reg a) { return _mm512_reduce_add_ps(a); }
 };
 
@@ -77,6 +81,7 @@ struct Vec<Avx512, double> {
   static reg max(reg a, reg b) { return _mm512_max_pd(a, b); }
   static reg fmadd(reg a, reg b, reg c) { return _mm512_fmadd_pd(a, b, c); }
   static reg fnmadd(reg a, reg b, reg c) { return _mm512_fnmadd_pd(a, b, c); }
+  static reg fmsub(reg a, reg b, reg c) { return _mm512_fmsub_pd(a, b, c); }
   static reg abs(reg a) { return _mm512_abs_pd(a); }
   static reg neg(reg a) { return _mm512_castsi512_pd(_mm512_xor_si512(_mm512_castpd_si512(a), _mm512_set1_epi64(INT64_MIN))); }
   static reg sqrt(reg a) { return _mm512_sqrt_pd(a); }
@@ -100,6 +105,9 @@ struct Vec<Avx512, double> {
     const __m512i e = _mm512_add_epi64(_mm512_cvtpd_epi64(n), _mm512_set1_epi64(1023));
     return _mm512_castsi512_pd(_mm512_slli_epi64(e, 52));
   }
+  static reg ldexp(reg a, reg n) { return _mm512_scalef_pd(a, n); }
+  static constexpr int rcp_approx_bits = 14;
+  static reg rcp_approx(reg a) { return _mm512_rcp14_pd(a); }
   static double hsum(reg a) { return _mm512_reduce_add_pd(a); }
 };
 

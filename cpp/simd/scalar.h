@@ -30,6 +30,7 @@ struct ScalarVecBase {
   static reg max(reg a, reg b) { return a > b ? a : b; }
   static reg fmadd(reg a, reg b, reg c) { return std::fma(a, b, c); }
   static reg fnmadd(reg a, reg b, reg c) { return std::fma(-a, b, c); }
+  static reg fmsub(reg a, reg b, reg c) { return std::fma(a, b, -c); }
   static reg abs(reg a) { return std::fabs(a); }
   static reg neg(reg a) { return -a; }
   static reg sqrt(reg a) { return std::sqrt(a); }
@@ -45,11 +46,23 @@ struct ScalarVecBase {
   static reg select(mask m, reg a, reg b) { return m ? a : b; }
   static reg round_nearest(reg a) { return std::nearbyint(a); }
   static reg copysign(reg mag, reg sgn) { return std::copysign(mag, sgn); }
+  static constexpr int rcp_approx_bits = 64;  // exact
+  static reg rcp_approx(reg a) { return T(1) / a; }
   static T hsum(reg a) { return a; }
 };
 
+// a * 2^n as two exact power-of-two factors, each in the normal range (the same split as the
+// AVX2 path, so results agree bit for bit).
+template <class V>
+static inline typename V::reg ldexp_by_halves(typename V::reg a, typename V::reg n) {
+  const typename V::reg n1 = V::round_nearest(V::mul(n, V::set1(0.5)));
+  return V::mul(V::mul(a, V::pow2i(n1)), V::pow2i(V::sub(n, n1)));
+}
+
 template <>
 struct Vec<Scalar, float> : ScalarVecBase<float> {
+  // NaN n is caught before pow2i (whose conversion to an integer would be undefined).
+  static reg ldexp(reg a, reg n) { return n != n ? a + n : ldexp_by_halves<Vec>(a, n); }
   static reg pow2i(reg n) {
     const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
     float r;
@@ -60,6 +73,8 @@ struct Vec<Scalar, float> : ScalarVecBase<float> {
 
 template <>
 struct Vec<Scalar, double> : ScalarVecBase<double> {
+  // NaN n is caught before pow2i (whose conversion to an integer would be undefined).
+  static reg ldexp(reg a, reg n) { return n != n ? a + n : ldexp_by_halves<Vec>(a, n); }
   static reg pow2i(reg n) {
     const int64_t bits = (static_cast<int64_t>(n) + 1023) << 52;
     double r;

@@ -17,11 +17,20 @@
 //   add sub mul div min max     lane-wise; min/max return the second operand if either is NaN
 //   fmadd(a, b, c) = a*b + c    fused, one rounding
 //   fnmadd(a, b, c) = c - a*b   fused, one rounding
+//   fmsub(a, b, c) = a*b - c    fused, one rounding (a*b - round(a*b) is exact)
 //   abs(a), neg(a), sqrt(a)
 //   lt le gt ge eq (a, b) -> mask; isnan(a) -> mask; select(m, a, b) = m ? a : b
 //   mask_or, mask_and, mask_not
 //   round_nearest(a)            round half to even, as T
 //   pow2i(n)                    2^n for integral-valued n in the normal exponent range
+//   ldexp(a, n)                 a * 2^n for integral-valued n, |n| <= 252 (float) / 2044 (double):
+//                               exact when the result is normal, overflows to +-inf and
+//                               underflows (to a subnormal, or 0 under FTZ) like a multiply;
+//                               NaN a gives NaN (n may then be NaN as well)
+//   rcp_approx(a)               ~1/a for finite nonzero a with |a| in [2^-100, 2^100], relative
+//                               error < 2^-rcp_approx_bits (AVX2 rcp_ps: 11, AVX-512 rcp14: 14,
+//                               scalar: exact division, 64); refine with Newton steps
+//                               (cpp/math/exp.h: rcp_nr)
 //   copysign(mag, sgn), hsum(a)
 #pragma once
 
@@ -37,6 +46,21 @@ struct Vec;
 }  // namespace seqblocks
 
 #include "simd/scalar.h"
+
+#if defined(__AVX2__) || defined(__AVX512F__)
+// GCC 12 reports -Wmaybe-uninitialized inside its own AVX-512 intrinsic headers (the
+// _mm512_undefined_* idiom used by min/max/roundscale/cvt/shift; GCC bug 105593). The
+// diagnostic is located in the header, so it is silenced for the header's lines only.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+#include <immintrin.h>
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif
+#endif
+
 #if defined(__AVX2__) && defined(__FMA__)
 #include "simd/avx2.h"
 #endif
