@@ -14,6 +14,9 @@
 //       KC * NC * sizeof(T) ~ half of L2.
 //   MC: the packed A block (MC x KC) only needs to live in L3; MC bounds the buffer and how
 //       often B is re-packed (once per MC rows).
+// (On that machine KC = 192, 256 and 384 measured within noise of each other for float32.)
+// DOT_MI x DOT_NJ: tile of the unpacked dot-product path (dot_gemm.h), MI x rows by NJ W rows
+// -> MI * NJ accumulators + NJ W vectors + one x vector.
 #pragma once
 
 #include <cstdint>
