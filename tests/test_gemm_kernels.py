@@ -111,6 +111,15 @@ def test_beta_zero_ignores_nan_in_c(isa, dt):
 
 
 @pytest.mark.parametrize("dt", DTYPES)
+def test_alpha_zero_does_not_read_a_b(isa, dt):
+    # BLAS semantics: alpha == 0 gives beta * C without forming A @ B (Inf/NaN in A stay out).
+    a = np.full((9, 17), np.inf, dt)
+    b = np.ones((17, 33), dt)
+    c = np.arange(9 * 33, dtype=dt).reshape(9, 33)
+    np.testing.assert_array_equal(ops.gemm(a, b, c, alpha=0.0, beta=2.0), 2 * c)
+
+
+@pytest.mark.parametrize("dt", DTYPES)
 def test_non_contiguous_slices(isa, dt):
     rng = np.random.default_rng(6)
     big_a, big_b = _rand(rng, (80, 90), dt), _rand(rng, (100, 70), dt)

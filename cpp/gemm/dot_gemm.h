@@ -168,15 +168,18 @@ static void dot_gemm(int64_t m, int64_t n, int64_t k, const T* x, int64_t ldx, c
                      int64_t ldw, T* c, int64_t ldc, T alpha, T beta, const T* bias) {
   constexpr int MI = GemmTraits<Isa, T>::DOT_MI;
   constexpr int NJ = GemmTraits<Isa, T>::DOT_NJ;
-  for (int64_t j0 = 0; j0 < n; j0 += NJ) {
-    const int nj = static_cast<int>(n - j0 < NJ ? n - j0 : NJ);
+  // A GEMV (m == 1) is bound by streaming W; it may prefer narrower slabs (fewer interleaved
+  // row streams) than the register-bound small-m case.
+  const int slab = m == 1 ? GemmTraits<Isa, T>::DOT_NJ_GEMV : NJ;
+  for (int64_t j0 = 0; j0 < n; j0 += slab) {
+    const int nj = static_cast<int>(n - j0 < slab ? n - j0 : slab);
     const T* wj = w + j0 * ldw;
     const T* bj = bias ? bias + j0 : nullptr;
     for (int64_t i0 = 0; i0 < m; i0 += MI) {
       const int mi = static_cast<int>(m - i0 < MI ? m - i0 : MI);
       pick_dot_tile<Isa, T>(mi, nj, std::make_integer_sequence<int, NJ>{})(
           k, x + i0 * ldx, ldx, wj, ldw, c + i0 * ldc + j0, ldc, alpha, beta, bj,
-          i0 == 0 && j0 + 2 * NJ <= n ? wj + NJ * ldw : nullptr);
+          i0 == 0 && j0 + 2 * slab <= n ? wj + slab * ldw : nullptr);
     }
   }
 }

@@ -2,7 +2,8 @@
 // GemmProblem (runtime/kernel_table.h).
 //
 // Paths (chosen from the shape only, so a given problem always takes the same arithmetic):
-//   empty_k  k == 0: C = beta * C + bias (C not read when beta == 0).
+//   empty_k  k == 0 or alpha == 0: C = beta * C + bias (C not read when beta == 0; as in
+//            BLAS, A and B are not read, so Inf/NaN in them do not reach C).
 //   dot      !trans_a && trans_b && small m: unpacked dot products of contiguous rows
 //            (dot_gemm.h) -- the `linear` shape of an RNN step.
 //   packed   everything else: BLIS-style blocking, mirrored for row-major C (vectors run
@@ -95,7 +96,7 @@ constexpr double kGemmMinCyclesPerThread = 40000;
 
 template <class Isa, class T>
 static inline GemmPath gemm_choose_path(const GemmProblem<T>& p) {
-  if (p.k == 0) return GemmPath::empty_k;
+  if (p.k == 0 || p.alpha == T(0)) return GemmPath::empty_k;
   // Each dot tile ends with MI x NJ horizontal sums, so it needs a long k to amortise them,
   // except for m <= 4 where packing B (all of W) would cost more than the whole product.
   constexpr int64_t W = Vec<Isa, T>::width;

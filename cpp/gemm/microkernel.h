@@ -3,11 +3,10 @@
 //
 //   acc[i][v] = sum_{l < kc} A[l][i] * B[l][v*W : v*W+W]        (i < M, v < NV)
 //
-// A micro-panel: element (i, l) at a[l * a_stride + i] -- packed (a_stride = MR, the ISA's full
-// tile height) or a transposed A read in place (a_stride = lda) -- or, with kARows, at
-// a[i * a_stride + l]: a row-major A read in place (a_stride = lda), used when n is so small
-// that packing A would not be amortised. A panel at the bottom edge has M < MR valid rows and
-// the kernel is instantiated for that M.
+// A micro-panel of M <= MR rows (the kernel is instantiated for each M): element (i, l) at
+// a[l * a_stride + i] -- packed (a_stride = the block's panel height) or a transposed A read in
+// place (a_stride = lda) -- or, with kARows, at a[i * a_stride + l]: a row-major A read in
+// place (a_stride = lda), used when n is so small that packing A would not be amortised.
 // B micro-panel: row l at b + l * ldb, its first n_valid columns valid. Packed panels use
 // ldb = NR and are zero-padded to NR columns; B read in place (no packing, !trans_b) uses the
 // caller's ldb and, when n_valid is not a multiple of W, masked loads for the last vector
