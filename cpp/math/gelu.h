@@ -97,14 +97,13 @@ inline typename Vec<Isa, float>::reg gelu_erf(typename Vec<Isa, float>::reg x) {
   // |x| < 1/2: x/2 + h S(h), which has the sign of x (copysign restores it for x = -0)
   const reg y_small = V::copysign(V::fmadd(h, horner<Isa, float>(h, s), xh), xc);
   // |x| >= 1/2
-  const reg e = exp_neg_hilo<Isa, float>(h, l);
   // t + t_lo = 1 / (1 + a/2) to about 2^-40: d + d_lo = 1 + a/2 exactly, t ~ 1/d, and
   // 1/(d + d_lo) = t (1 + (1 - d t) - d_lo t) to first order.
   const reg d = V::fmadd(a, half, one);
   const reg t = rcp_nr<Isa, float>(d);
   const reg d_lo = V::fmadd(a, half, V::sub(one, d));
   const reg t_lo = V::mul(t, V::fnmadd(d_lo, t, V::fnmadd(d, t, one)));
-  const reg xq = V::mul(V::mul(xc, e), horner<Isa, float>(t, p));
+  const reg xq = V::mul(mul_exp_neg_hilo<Isa, float>(xc, h, l), horner<Isa, float>(t, p));
   const reg w = V::fmadd(xq, t, V::mul(xq, t_lo));  // x Q(|x|), one rounding for the factor t
   const reg y_tail = V::select(V::le(x, V::zero()), w, V::sub(x, w));
   return V::select(V::lt(a, half), y_small, y_tail);
