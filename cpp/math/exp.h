@@ -112,8 +112,10 @@ inline typename Vec<Isa, T>::reg exp_hilo(typename Vec<Isa, T>::reg hi, typename
   return V::ldexp(p, n);
 }
 
-// e^x. Max error measured: float 1 ulp (exhaustive over all float32; results below FLT_MIN
-// may be flushed to zero, see tests/test_math.py), double 1 ulp (test sweeps).
+// e^x. Max error measured (policy of tests/test_math.py: ulps of the float64 value, results
+// below FLT_MIN may be flushed to zero): float 0.89 ulp (exhaustive over all 2^32 float32
+// inputs, AVX-512, benchmarks/math_exhaustive.py; the test sweeps give the same on AVX2 and
+// scalar), double 0.78 ulp (mpmath check of 4000 points in [-700, 700]).
 template <class Isa, class T>
 inline typename Vec<Isa, T>::reg exp(typename Vec<Isa, T>::reg x) {
   return exp_hilo<Isa, T>(x, Vec<Isa, T>::zero());
