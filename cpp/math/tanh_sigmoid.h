@@ -10,8 +10,8 @@ namespace math {
 // One formula for the whole range: expm1 keeps full relative accuracy near 0, where
 // 1 - 2/(e^2x + 1) would cancel, and m -> -1 gives exactly +-1 for large |x|. No overflow:
 // the argument of expm1 is <= 0. NaN propagates; tanh(-0) = -0.
-// Max error measured (tests/test_math.py sweeps; exhaustive float32 script in benchmarks/):
-// float 2 ulp, double 2 ulp.
+// Max error measured: float 3.00 ulp (exhaustive over all float32, AVX-512; scalar, with an
+// exact division, 2.49 on the test sweep), double 2.88 ulp (mpmath check of 4000 points).
 template <class Isa, class T>
 inline typename Vec<Isa, T>::reg tanh(typename Vec<Isa, T>::reg x) {
   using V = Vec<Isa, T>;
@@ -24,7 +24,8 @@ inline typename Vec<Isa, T>::reg tanh(typename Vec<Isa, T>::reg x) {
 // sigmoid(x) = 1 / (1 + e) for x >= 0 and e / (1 + e) for x < 0, with e = e^-|x| <= 1: no
 // overflow, and full relative accuracy in the left tail (down to where the result leaves the
 // normal range and is flushed to zero). NaN propagates through e.
-// Max error measured: float 2 ulp, double 2 ulp.
+// Max error measured: float 2.78 ulp (exhaustive over all float32, AVX-512), double 2.15 ulp
+// (mpmath check of 4000 points).
 template <class Isa, class T>
 inline typename Vec<Isa, T>::reg sigmoid(typename Vec<Isa, T>::reg x) {
   using V = Vec<Isa, T>;
