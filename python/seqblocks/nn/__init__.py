@@ -2,11 +2,12 @@
 so a ``state_dict`` moves between the two unchanged."""
 
 from . import functional, init, utils
+from .attention import MultiheadAttention
 from .container import ModuleList, Sequential
 from .layers import (CrossEntropyLoss, Dropout, Embedding, GELU, Identity, LayerNorm, Linear, LogSoftmax,
                      ReLU, Sigmoid, Softmax, Tanh)
 from .module import Module, Parameter
 
 __all__ = ["CrossEntropyLoss", "Dropout", "Embedding", "GELU", "Identity", "LayerNorm", "Linear", "LogSoftmax",
-           "Module", "ModuleList", "Parameter", "ReLU", "Sequential", "Sigmoid", "Softmax", "Tanh", "functional",
+           "Module", "ModuleList", "MultiheadAttention", "Parameter", "ReLU", "Sequential", "Sigmoid", "Softmax", "Tanh", "functional",
            "init", "utils"]
