@@ -111,6 +111,21 @@ void apply_dropout(T* x, int64_t n, uint64_t idx0, const DropoutKey& d) {
   }
 }
 
+// x (rows, cols) row-major -> blocked transpose: for each block of bc rows starting at j0, an
+// (cols x bc) panel at xt + j0 * cols holding x[j0 + c][e] at [e * bc + c]. The score products
+// then read K^T (and the backward V^T) in place, with no per-tile packing.
+template <class T>
+void transpose_blocked(const T* x, int64_t rows, int64_t cols, int64_t bc, T* xt) {
+  for (int64_t j0 = 0; j0 < rows; j0 += bc) {
+    const int64_t nb = std::min(bc, rows - j0);
+    T* panel = xt + j0 * cols;
+    for (int64_t c = 0; c < nb; ++c) {
+      const T* row = x + (j0 + c) * cols;
+      for (int64_t e = 0; e < cols; ++e) panel[e * bc + c] = row[e];
+    }
+  }
+}
+
 // Scores of one tile: srow = scale q k^T (already in S), plus mask, -inf above the causal diagonal.
 template <class T>
 void mask_tile(const SdpaArgs<T>& a, int64_t n, int64_t i0, int64_t rows, int64_t j0, int64_t cols, T* s,
@@ -143,8 +158,8 @@ size_t pack_elems(int64_t m, int64_t n, int64_t k) {
 
 // One (n, query block) tile row: online softmax over key blocks, out accumulated in place.
 template <class Isa, class T>
-void forward_block(const SdpaArgs<T>& a, int64_t n, int64_t i0, T* s, T* mrun, T* lrun, T* abuf, T* bbuf,
-                   const DropoutKey& drop) {
+void forward_block(const SdpaArgs<T>& a, int64_t n, int64_t i0, const T* kt, T* s, T* mrun, T* lrun, T* abuf,
+                   T* bbuf, const DropoutKey& drop) {
   const T ninf = -std::numeric_limits<T>::infinity();
   const int64_t rows = std::min(kFwdBr, a.l - i0);
   const T* q = a.q + (n * a.l + i0) * a.e;
@@ -156,8 +171,8 @@ void forward_block(const SdpaArgs<T>& a, int64_t n, int64_t i0, T* s, T* mrun, T
   const int64_t kv_end = a.causal ? std::min(a.s, i0 + rows) : a.s;
   for (int64_t j0 = 0; j0 < kv_end; j0 += kFwdBc) {
     const int64_t cols = std::min(kFwdBc, kv_end - j0);
-    tile_gemm<Isa, T>(rows, cols, a.e, q, a.e, false, a.k + (n * a.s + j0) * a.e, a.e, true, s, kFwdBc, a.scale,
-                      T(0), abuf, bbuf);
+    tile_gemm<Isa, T>(rows, cols, a.e, q, a.e, false, kt + j0 * a.e, kFwdBc, false, s, kFwdBc, a.scale, T(0), abuf,
+                      bbuf);
     mask_tile(a, n, i0, rows, j0, cols, s, kFwdBc);
     for (int64_t r = 0; r < rows; ++r) {
       T* srow = s + r * kFwdBc;
@@ -193,7 +208,8 @@ void sdpa_forward(const SdpaArgs<T>& a) {
   const int nt = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(a.nthreads, units)));
   const size_t tile = static_cast<size_t>(kFwdBr * kFwdBc);
   const size_t pack = pack_elems<Isa, T>(kFwdBr, std::max(kFwdBc, a.ev), std::max(a.e, kFwdBc));
-  const size_t per = tile + 2 * kFwdBr + pack + 64;
+  const size_t kt_elems = static_cast<size_t>((a.s + kFwdBc - 1) / kFwdBc * kFwdBc * a.e);
+  const size_t per = tile + 2 * kFwdBr + pack + kt_elems + 64;
   std::vector<T> buf(per * static_cast<size_t>(nt));  // allocated (and may throw) before the region
   const DropoutKey drop = make_dropout(a.dropout_p, a.seed);
 #pragma omp parallel num_threads(nt) if (nt > 1)
@@ -205,10 +221,16 @@ void sdpa_forward(const SdpaArgs<T>& a) {
     T* lrun = mrun + kFwdBr;
     T* abuf = lrun + kFwdBr;
     T* bbuf = abuf + PackSizes<Isa, T>(kFwdBr, std::max(kFwdBc, a.ev), std::max(a.e, kFwdBc)).a;
-    int64_t begin, end;
+    T* kt = abuf + pack;
+    int64_t begin, end, kt_n = -1;
     rowops::split_range(units, omp_get_num_threads(), tid, &begin, &end);
     for (int64_t u = begin; u < end; ++u) {
-      forward_block<Isa, T>(a, u / qblocks, (u % qblocks) * kFwdBr, s, mrun, lrun, abuf, bbuf, drop);
+      const int64_t n = u / qblocks;
+      if (n != kt_n) {  // a thread's units are consecutive: K[n] is transposed once per thread and n
+        transpose_blocked(a.k + n * a.s * a.e, a.s, a.e, kFwdBc, kt);
+        kt_n = n;
+      }
+      forward_block<Isa, T>(a, n, (u % qblocks) * kFwdBr, kt, s, mrun, lrun, abuf, bbuf, drop);
     }
   }
 }
@@ -218,7 +240,8 @@ void sdpa_forward(const SdpaArgs<T>& a) {
 // All of dq[n], dk[n], dv[n]: key blocks outer (dk_j, dv_j accumulate in place), query blocks
 // inner (dq_i accumulates in place).
 template <class Isa, class T>
-void backward_one(const SdpaArgs<T>& a, int64_t n, T* p, T* dp, T* d, T* abuf, T* bbuf, const DropoutKey& drop) {
+void backward_one(const SdpaArgs<T>& a, int64_t n, T* p, T* dp, T* d, T* kt, T* vt, T* abuf, T* bbuf,
+                  const DropoutKey& drop) {
   const T* q = a.q + n * a.l * a.e;
   const T* k = a.k + n * a.s * a.e;
   const T* v = a.v + n * a.s * a.ev;
@@ -232,13 +255,15 @@ void backward_one(const SdpaArgs<T>& a, int64_t n, T* p, T* dp, T* d, T* abuf, T
   std::fill(dk, dk + a.s * a.e, T(0));
   std::fill(dv, dv + a.s * a.ev, T(0));
   for (int64_t i = 0; i < a.l; ++i) d[i] = dot_row<Isa, T>(dout + i * a.ev, out + i * a.ev, a.ev);
+  transpose_blocked(k, a.s, a.e, kBwdBc, kt);
+  transpose_blocked(v, a.s, a.ev, kBwdBc, vt);
   for (int64_t j0 = 0; j0 < a.s; j0 += kBwdBc) {
     const int64_t cols = std::min(kBwdBc, a.s - j0);
     const int64_t i_first = a.causal ? j0 / kBwdBr * kBwdBr : 0;  // query blocks that see key j0
     for (int64_t i0 = i_first; i0 < a.l; i0 += kBwdBr) {
       const int64_t rows = std::min(kBwdBr, a.l - i0);
-      tile_gemm<Isa, T>(rows, cols, a.e, q + i0 * a.e, a.e, false, k + j0 * a.e, a.e, true, p, kBwdBc, a.scale, T(0),
-                        abuf, bbuf);
+      tile_gemm<Isa, T>(rows, cols, a.e, q + i0 * a.e, a.e, false, kt + j0 * a.e, kBwdBc, false, p, kBwdBc, a.scale,
+                        T(0), abuf, bbuf);
       mask_tile(a, n, i0, rows, j0, cols, p, kBwdBc);
       for (int64_t r = 0; r < rows; ++r) {
         T* prow = p + r * kBwdBc;
@@ -261,8 +286,8 @@ void backward_one(const SdpaArgs<T>& a, int64_t n, T* p, T* dp, T* d, T* abuf, T
       tile_gemm<Isa, T>(cols, a.ev, rows, pd, kBwdBc, true, dout + i0 * a.ev, a.ev, false, dv + j0 * a.ev, a.ev, T(1),
                         T(1), abuf, bbuf);
       // dp = (dout_i v_j^T) f,  ds = p (dp - D)  (in p's buffer)
-      tile_gemm<Isa, T>(rows, cols, a.ev, dout + i0 * a.ev, a.ev, false, v + j0 * a.ev, a.ev, true, dp, kBwdBc, T(1),
-                        T(0), abuf, bbuf);
+      tile_gemm<Isa, T>(rows, cols, a.ev, dout + i0 * a.ev, a.ev, false, vt + j0 * a.ev, kBwdBc, false, dp, kBwdBc,
+                        T(1), T(0), abuf, bbuf);
       for (int64_t r = 0; r < rows; ++r) {
         T* dprow = dp + r * kBwdBc;
         if (drop.on) apply_dropout(dprow, cols, static_cast<uint64_t>((n * a.l + i0 + r) * a.s + j0), drop);
@@ -285,7 +310,8 @@ void sdpa_backward(const SdpaArgs<T>& a) {
   const size_t tile = static_cast<size_t>(kBwdBr * kBwdBc);
   const int64_t mx = std::max({kBwdBr, kBwdBc, a.e, a.ev});
   const PackSizes<Isa, T> ps(std::max(kBwdBr, kBwdBc), mx, mx);
-  const size_t per = 2 * tile + static_cast<size_t>(a.l) + ps.a + ps.b + 64;
+  const int64_t s_pad = (a.s + kBwdBc - 1) / kBwdBc * kBwdBc;
+  const size_t per = 2 * tile + static_cast<size_t>(a.l + s_pad * (a.e + a.ev)) + ps.a + ps.b + 64;
   std::vector<T> buf(per * static_cast<size_t>(nt));
   const DropoutKey drop = make_dropout(a.dropout_p, a.seed);
 #pragma omp parallel num_threads(nt) if (nt > 1)
@@ -297,9 +323,11 @@ void sdpa_backward(const SdpaArgs<T>& a) {
     T* d = dp + tile;
     T* abuf = d + a.l;
     T* bbuf = abuf + ps.a;
+    T* kt = bbuf + ps.b;
+    T* vt = kt + s_pad * a.e;
     int64_t begin, end;
     rowops::split_range(a.n, omp_get_num_threads(), tid, &begin, &end);
-    for (int64_t n = begin; n < end; ++n) backward_one<Isa, T>(a, n, p, dp, d, abuf, bbuf, drop);
+    for (int64_t n = begin; n < end; ++n) backward_one<Isa, T>(a, n, p, dp, d, kt, vt, abuf, bbuf, drop);
   }
 }
 
