@@ -15,9 +15,10 @@
 //   dv_j = sum_i p_ij f_ij dout_i,  dp_ij = f_ij (dout_i . v_j),  ds_ij = p_ij (dp_ij - D_i),
 //   dq_i = scale sum_j ds_ij k_j,   dk_j = scale sum_i ds_ij q_i
 //
-// Threads: the forward splits the (n, query block) tiles by thread id; the backward splits n
-// (each thread owns dq/dk/dv of its n), so every element is computed by the same operations for
-// any thread count (bit-identical results).
+// Threads: one parallel region per call, work split by thread id: the forward's units are
+// (n, query block) tiles, the backward's are whole n (the thread owns dq/dk/dv of its n). Every
+// element is computed by the same operations whoever computes it: results are bit-identical for
+// any thread count. Small problems run on one thread.
 #pragma once
 
 #include <cstdint>
