@@ -136,8 +136,12 @@ class MultiheadAttention(Module):
         if self.bias_v is not None:
             init.xavier_normal_(self.bias_v)
 
-    def _projections(self, query, key, value):
+    def _projections(self, query, key, value, same: bool):
         E = self.embed_dim
+        if same and self._qkv_same_embed_dim:
+            # self-attention: one (B, L, 3E) product with the packed weight, as PyTorch
+            qkv = F.linear(query, self.in_proj_weight, self.in_proj_bias)
+            return qkv[..., 0:E], qkv[..., E:2 * E], qkv[..., 2 * E:3 * E]
         b = self.in_proj_bias
         bq = bk = bv = None
         if b is not None:
@@ -151,7 +155,10 @@ class MultiheadAttention(Module):
 
     def forward(self, query, key, value, key_padding_mask=None, need_weights: bool = True, attn_mask=None,
                 average_attn_weights: bool = True, is_causal: bool = False):
+        same = query is key and key is value  # self-attention: one packed in-projection
         query, key, value = _tensor(query), _tensor(key), _tensor(value)
+        if same:
+            key = value = query
         if query.ndim not in (2, 3):
             raise ValueError(f"query: expected a 2-D (unbatched) or 3-D array, got shape {query.shape}")
         batched = query.ndim == 3
@@ -162,11 +169,13 @@ class MultiheadAttention(Module):
             raise RuntimeError("Need attn_mask if specifying the is_causal hint. You may use the Transformer "
                                "module method `generate_square_subsequent_mask` to create this mask.")
         if not batched:
-            query, key, value = query.unsqueeze(0), key.unsqueeze(0), value.unsqueeze(0)
+            query = query.unsqueeze(0)
+            key, value = (query, query) if same else (key.unsqueeze(0), value.unsqueeze(0))
             if key_padding_mask is not None:
                 key_padding_mask = _to_numpy(key_padding_mask)[None]
         elif not self.batch_first:
-            query, key, value = query.transpose(0, 1), key.transpose(0, 1), value.transpose(0, 1)
+            query = query.transpose(0, 1)
+            key, value = (query, query) if same else (key.transpose(0, 1), value.transpose(0, 1))
         B, L, E = query.shape
         S = key.shape[1]
         H, D = self.num_heads, self.head_dim
@@ -180,7 +189,7 @@ class MultiheadAttention(Module):
         dt = query.dtype
         am = _float_mask(attn_mask, "attn_mask", dt, ((L, S), (B * H, L, S)))
         kpm = _float_mask(key_padding_mask, "key_padding_mask", dt, ((B, S),))
-        q, k, v = self._projections(query, key, value)
+        q, k, v = self._projections(query, key, value, same)
         if self.bias_k is not None:
             zeros = np.zeros((B, 1, E), dt)
             k = cat([k, self.bias_k + zeros], 1)
