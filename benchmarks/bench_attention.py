@@ -59,4 +59,4 @@ def peak_extra_mib(L: int) -> float:
 if __name__ == "__main__" and "--memory" in sys.argv:
     for L in (1024, 8192):
         print(f"causal sdpa fwd+bwd B=1 H=8 L=S={L} E=64 float32: peak extra memory {peak_extra_mib(L):.1f} MiB "
-              f"(an L x S float32 score matrix per head would be {8 * L * L * 4 / 2**20:.0f} MiB)")
+              f"(L x S float32 scores of the 8 heads would take {8 * L * L * 4 / 2**20:.0f} MiB)")
