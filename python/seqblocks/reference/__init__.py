@@ -23,3 +23,8 @@ __all__ += ["add_backward", "add_forward", "adam_step_", "dropout_backward", "dr
             "embedding_backward", "embedding_forward", "gelu_backward", "gelu_forward", "linear_backward",
             "linear_forward", "relu_backward", "relu_forward", "sgd_step_", "sigmoid_backward", "sigmoid_forward",
             "tanh_backward", "tanh_forward"]
+from .rnn import (gru_layer_backward, gru_layer_forward, lstm_layer_backward, lstm_layer_forward, rnn_layer_backward,
+                  rnn_layer_forward)
+
+__all__ += ["gru_layer_backward", "gru_layer_forward", "lstm_layer_backward", "lstm_layer_forward",
+            "rnn_layer_backward", "rnn_layer_forward"]

@@ -1,0 +1,496 @@
+// Recurrent layer kernels per ISA (see rnn.h for the math, shapes and the work split).
+#include <omp.h>
+
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+#include "ops/parallel.h"
+#include "ops/rnn.h"
+#include "runtime/denormals.h"
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#include "gemm/gemm.h"
+#include "math/tanh_sigmoid.h"
+#include "runtime/isa_target.h"
+#pragma GCC diagnostic pop
+
+namespace seqblocks {
+namespace {
+
+// One GEMM on the calling thread only (inside our parallel region): the dot path where the
+// driver would take it, else the packed path with this thread's own buffers (sized beforehand).
+template <class Isa, class T>
+void gemm_here(const GemmView<T>& v, T* abuf, T* bbuf) {
+  if (v.m <= 0 || v.n <= 0) return;
+  GemmProblem<T> p;
+  p.m = v.m, p.n = v.n, p.k = v.k, p.trans_a = v.trans_a, p.trans_b = v.trans_b;
+  switch (gemm_choose_path<Isa, T>(p)) {
+    case GemmPath::empty_k:
+      gemm_empty_k(v);
+      break;
+    case GemmPath::dot:
+      dot_gemm<Isa, T>(v.m, v.n, v.k, v.a, v.lda, v.b, v.ldb, v.c, v.ldc, v.alpha, v.beta, v.bias);
+      break;
+    case GemmPath::packed:
+      gemm_packed<Isa, T>(v, abuf, bbuf);
+      break;
+  }
+}
+
+// C = op(A) op(B) (+ bias) with the driver's own threading (outside our region).
+template <class Isa, class T>
+void gemm_full(int64_t m, int64_t n, int64_t k, const T* a, int64_t lda, bool ta, const T* b, int64_t ldb, bool tb,
+               T* c, int64_t ldc, const T* bias, int nt) {
+  GemmProblem<T> p;
+  p.m = m, p.n = n, p.k = k, p.a = a, p.lda = lda, p.trans_a = ta, p.b = b, p.ldb = ldb, p.trans_b = tb;
+  p.c = c, p.ldc = ldc, p.bias = bias, p.nthreads = nt;
+  gemm<Isa, T>(p);
+}
+
+// A 64-byte aligned pointer into `buf` (which has 64 spare elements).
+template <class T>
+T* aligned64(std::vector<T>& buf) {
+  const uintptr_t a = reinterpret_cast<uintptr_t>(buf.data());
+  return reinterpret_cast<T*>((a + 63) & ~uintptr_t(63));
+}
+
+static inline bool row_active(const int64_t* lengths, int64_t b, int64_t t) {
+  return lengths == nullptr || t < lengths[b];
+}
+
+// Thread p of nt owns hidden units [lo, hi): slices in whole vectors; threads that would get no
+// vector are not started.
+template <class Isa, class T>
+int rnn_threads(int64_t H, int64_t B, int64_t G, int nthreads) {
+  constexpr int64_t W = Vec<Isa, T>::width;
+  const int64_t blocks = (H + W - 1) / W;
+  // One step must carry enough multiply-adds to pay for a barrier (a few microseconds).
+  const int64_t macs = B * G * H * H;
+  int nt = static_cast<int>(std::min<int64_t>(nthreads, blocks));
+  if (macs < 48 * 1024) nt = 1;
+  return std::max(1, nt);
+}
+
+// Column sums of a (rows x n) row-major matrix into out (n): rows added in order per column, so
+// the result does not depend on the thread count.
+template <class Isa, class T>
+void column_sums(const T* a, int64_t rows, int64_t n, T* out, int nthreads) {
+  using V = Vec<Isa, T>;
+  constexpr int64_t W = V::width;
+  const int nt = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(nthreads, (rows * n) / 65536 + 1)));
+#pragma omp parallel num_threads(nt) if (nt > 1)
+  {
+    DenormalsFlushed flush;
+    int64_t lo, hi;
+    thread_slice(n, omp_get_num_threads(), omp_get_thread_num(), W, &lo, &hi);
+    for (int64_t j = lo; j < hi; j += W) {
+      const int tail = static_cast<int>(std::min<int64_t>(W, hi - j));
+      auto acc = V::zero();
+      if (tail == W) {
+        for (int64_t r = 0; r < rows; ++r) acc = V::add(acc, V::load(a + r * n + j));
+        V::store(out + j, acc);
+      } else {
+        for (int64_t r = 0; r < rows; ++r) acc = V::add(acc, V::load_tail(a + r * n + j, tail));
+        V::store_tail(out + j, acc, tail);
+      }
+    }
+  }
+}
+
+// ------------------------------------------------------------------------------ fused gate kernels
+// Per row b, units j = j0 + jj (jj < nj) in vectors of W with a masked tail. `xa` is the row of
+// the input projection (G H, gate blocks of H), `ha` the row of this thread's recurrent product
+// (G nj, gate blocks of nj).
+
+template <class Isa, class T>
+struct Lanes {
+  using V = Vec<Isa, T>;
+  using R = typename V::reg;
+  int n;  // lanes in use (W for full vectors)
+  R ld(const T* p) const { return n == V::width ? V::load(p) : V::load_tail(p, n); }
+  void st(T* p, R v) const {
+    if (n == V::width) V::store(p, v);
+    else V::store_tail(p, v, n);
+  }
+};
+
+template <class Isa, class T>
+void lstm_gates_row(const T* xa, const T* ha, int64_t H, int64_t nj, int64_t j0, const T* hcur, T* hnext, T* c,
+                    T* y, T* ws_g, T* ws_hprev, T* ws_cprev, T* ws_tc, bool active) {
+  using V = Vec<Isa, T>;
+  constexpr int64_t W = V::width;
+  for (int64_t jj = 0; jj < nj; jj += W) {
+    const Lanes<Isa, T> L{static_cast<int>(std::min<int64_t>(W, nj - jj))};
+    const int64_t j = j0 + jj;
+    const auto hp = L.ld(hcur + j);
+    if (ws_hprev) L.st(ws_hprev + j, hp);
+    if (!active) {
+      L.st(hnext + j, hp);
+      L.st(y + j, V::zero());
+      continue;
+    }
+    const auto i = math::sigmoid<Isa, T>(V::add(L.ld(xa + j), L.ld(ha + jj)));
+    const auto f = math::sigmoid<Isa, T>(V::add(L.ld(xa + H + j), L.ld(ha + nj + jj)));
+    const auto g = math::tanh<Isa, T>(V::add(L.ld(xa + 2 * H + j), L.ld(ha + 2 * nj + jj)));
+    const auto o = math::sigmoid<Isa, T>(V::add(L.ld(xa + 3 * H + j), L.ld(ha + 3 * nj + jj)));
+    const auto cp = L.ld(c + j);
+    const auto cn = V::fmadd(f, cp, V::mul(i, g));
+    const auto tc = math::tanh<Isa, T>(cn);
+    const auto hn = V::mul(o, tc);
+    L.st(c + j, cn);
+    L.st(hnext + j, hn);
+    L.st(y + j, hn);
+    if (ws_g) {
+      L.st(ws_g + j, i);
+      L.st(ws_g + H + j, f);
+      L.st(ws_g + 2 * H + j, g);
+      L.st(ws_g + 3 * H + j, o);
+      L.st(ws_cprev + j, cp);
+      L.st(ws_tc + j, tc);
+    }
+  }
+}
+
+template <class Isa, class T>
+void gru_gates_row(const T* xa, const T* ha, int64_t H, int64_t nj, int64_t j0, const T* hcur, T* hnext, T* y,
+                   T* ws_g, T* ws_hprev, bool active) {
+  using V = Vec<Isa, T>;
+  constexpr int64_t W = V::width;
+  for (int64_t jj = 0; jj < nj; jj += W) {
+    const Lanes<Isa, T> L{static_cast<int>(std::min<int64_t>(W, nj - jj))};
+    const int64_t j = j0 + jj;
+    const auto hp = L.ld(hcur + j);
+    if (ws_hprev) L.st(ws_hprev + j, hp);
+    if (!active) {
+      L.st(hnext + j, hp);
+      L.st(y + j, V::zero());
+      continue;
+    }
+    const auto r = math::sigmoid<Isa, T>(V::add(L.ld(xa + j), L.ld(ha + jj)));
+    const auto z = math::sigmoid<Isa, T>(V::add(L.ld(xa + H + j), L.ld(ha + nj + jj)));
+    const auto hn_part = L.ld(ha + 2 * nj + jj);
+    const auto n = math::tanh<Isa, T>(V::fmadd(r, hn_part, L.ld(xa + 2 * H + j)));
+    const auto hn = V::fmadd(z, V::sub(hp, n), n);  // (1 - z) n + z h
+    L.st(hnext + j, hn);
+    L.st(y + j, hn);
+    if (ws_g) {
+      L.st(ws_g + j, r);
+      L.st(ws_g + H + j, z);
+      L.st(ws_g + 2 * H + j, n);
+      L.st(ws_g + 3 * H + j, hn_part);
+    }
+  }
+}
+
+template <class Isa, class T>
+void rnn_gates_row(const T* xa, const T* ha, int64_t nj, int64_t j0, bool relu, const T* hcur, T* hnext, T* y,
+                   T* ws_g, T* ws_hprev, bool active) {
+  using V = Vec<Isa, T>;
+  constexpr int64_t W = V::width;
+  for (int64_t jj = 0; jj < nj; jj += W) {
+    const Lanes<Isa, T> L{static_cast<int>(std::min<int64_t>(W, nj - jj))};
+    const int64_t j = j0 + jj;
+    const auto hp = L.ld(hcur + j);
+    if (ws_hprev) L.st(ws_hprev + j, hp);
+    if (!active) {
+      L.st(hnext + j, hp);
+      L.st(y + j, V::zero());
+      continue;
+    }
+    const auto a = V::add(L.ld(xa + j), L.ld(ha + jj));
+    const auto hn = relu ? V::max(V::zero(), a) : math::tanh<Isa, T>(a);
+    L.st(hnext + j, hn);
+    L.st(y + j, hn);
+    if (ws_g) L.st(ws_g + j, hn);
+  }
+}
+
+// ----------------------------------------------------------------------------------- forward
+
+template <class Isa, class T>
+void rnn_forward(const RnnForwardArgs<T>& A) {
+  const int64_t T_ = A.steps, B = A.B, I = A.I, H = A.H, G = rnn_gates(A.cell);
+  const int64_t GH = G * H;
+  const bool lstm = A.cell == RnnCell::lstm, gru = A.cell == RnnCell::gru;
+  const bool relu = A.cell == RnnCell::rnn_relu;
+  const int nt = rnn_threads<Isa, T>(H, B, G, A.nthreads);
+  constexpr int64_t W = Vec<Isa, T>::width;
+
+  // Input projection of all steps: xa (T B, G H) = x W_ih^T + bias (GRU: b_ih only; b_hh stays
+  // inside the recurrent product because of r * (W_hn h + b_hn)).
+  std::vector<T> xa(static_cast<size_t>(T_ * B * GH));
+  std::vector<T> bias_x(static_cast<size_t>(GH), T(0));
+  std::vector<T> bias_h(static_cast<size_t>(GH), T(0));
+  const bool any_bias = A.b_ih || A.b_hh;
+  for (int64_t k = 0; k < GH; ++k) {
+    const T bi = A.b_ih ? A.b_ih[k] : T(0), bh = A.b_hh ? A.b_hh[k] : T(0);
+    if (gru) {
+      bias_x[k] = bi;
+      bias_h[k] = bh;
+    } else {
+      bias_x[k] = bi + bh;
+    }
+  }
+  gemm_full<Isa, T>(T_ * B, GH, I, A.x, I, false, A.w_ih, I, true, xa.data(), GH, any_bias ? bias_x.data() : nullptr,
+                    A.nthreads);
+
+  // Thread slices of the hidden units and W_hh permuted so each slice's G gate blocks are
+  // contiguous rows: wp[G lo + g nj + jj] = w_hh[g H + lo + jj].
+  std::vector<int64_t> lo(nt), hi(nt);
+  for (int p = 0; p < nt; ++p) thread_slice(H, nt, p, W, &lo[p], &hi[p]);
+  std::vector<T> wp(static_cast<size_t>(GH * H));
+  std::vector<T> bp(static_cast<size_t>(GH));
+  for (int p = 0; p < nt; ++p) {
+    const int64_t nj = hi[p] - lo[p];
+    for (int64_t g = 0; g < G; ++g) {
+      for (int64_t jj = 0; jj < nj; ++jj) {
+        const int64_t dst = G * lo[p] + g * nj + jj, src = g * H + lo[p] + jj;
+        std::memcpy(&wp[dst * H], A.w_hh + src * H, sizeof(T) * H);
+        bp[dst] = bias_h[src];
+      }
+    }
+  }
+  int64_t max_nj = 0;
+  for (int p = 0; p < nt; ++p) max_nj = std::max(max_nj, hi[p] - lo[p]);
+  std::vector<T> ha(static_cast<size_t>(nt * B * G * max_nj));
+  const PackSizes<Isa, T> ps(B, G * max_nj, H);
+  std::vector<T> packbuf((ps.a + ps.b) * nt + 64);
+  std::vector<T> hbuf(static_cast<size_t>(2 * B * H));
+  std::memcpy(hbuf.data(), A.h0, sizeof(T) * B * H);
+  std::vector<T> cstate;
+  if (lstm) cstate.assign(A.c0, A.c0 + B * H);
+  const int64_t S = rnn_workspace_per_unit(A.cell) - 1 - (lstm ? 2 : 0);  // gate slots in ws
+  T* ws_g = A.ws;
+  T* ws_hprev = A.ws ? A.ws + T_ * B * S * H : nullptr;
+  T* ws_cprev = A.ws && lstm ? ws_hprev + T_ * B * H : nullptr;
+  T* ws_tc = A.ws && lstm ? ws_cprev + T_ * B * H : nullptr;
+  const bool gh_bias = gru && A.b_hh;
+
+#pragma omp parallel num_threads(nt) if (nt > 1)
+  {
+    DenormalsFlushed flush;
+    const int p = omp_get_thread_num();
+    const int64_t j0 = lo[p], nj = hi[p] - lo[p];
+    T* hap = ha.data() + static_cast<size_t>(p) * B * G * max_nj;
+    T* abuf = aligned64(packbuf) + (ps.a + ps.b) * p;
+    T* bbuf = abuf + ps.a;
+    const T* wblk = wp.data() + G * j0 * H;
+    for (int64_t s = 0; s < T_; ++s) {
+      const int64_t t = A.reverse ? T_ - 1 - s : s;
+      const T* hcur = hbuf.data() + (s & 1) * B * H;
+      T* hnext = hbuf.data() + ((s + 1) & 1) * B * H;
+      if (nj > 0) {
+        // ha (B, G nj) = h W_hh[own rows]^T (+ b_hh for GRU)
+        const GemmView<T> v{B, G * nj, H, hcur, H, false, wblk, H, true, hap, G * nj, T(1), T(0),
+                            gh_bias ? bp.data() + G * j0 : nullptr};
+        gemm_here<Isa, T>(v, abuf, bbuf);
+        for (int64_t b = 0; b < B; ++b) {
+          const bool act = row_active(A.lengths, b, t);
+          const int64_t row = t * B + b;
+          const T* xr = xa.data() + row * GH;
+          const T* hr = hap + b * G * nj;
+          T* yr = A.y + row * H;
+          T* wsg = ws_g ? ws_g + row * S * H : nullptr;
+          T* wsh = ws_hprev ? ws_hprev + row * H : nullptr;
+          if (lstm) {
+            lstm_gates_row<Isa, T>(xr, hr, H, nj, j0, hcur + b * H, hnext + b * H, cstate.data() + b * H, yr, wsg,
+                                   wsh, ws_cprev ? ws_cprev + row * H : nullptr, ws_tc ? ws_tc + row * H : nullptr,
+                                   act);
+          } else if (gru) {
+            gru_gates_row<Isa, T>(xr, hr, H, nj, j0, hcur + b * H, hnext + b * H, yr, wsg, wsh, act);
+          } else {
+            rnn_gates_row<Isa, T>(xr, hr, nj, j0, relu, hcur + b * H, hnext + b * H, yr, wsg, wsh, act);
+          }
+        }
+      }
+#pragma omp barrier
+    }
+  }
+  std::memcpy(A.h_n, hbuf.data() + (T_ & 1) * B * H, sizeof(T) * B * H);
+  if (lstm) std::memcpy(A.c_n, cstate.data(), sizeof(T) * B * H);
+}
+
+// ---------------------------------------------------------------------------------- backward
+// Gate gradients for row b, owned units: writes dA_x (G H row of da) and, for GRU, dA_h (dah)
+// and the direct term d z (dhz); updates the carried dc (LSTM). d = dh + dy.
+
+template <class Isa, class T>
+void lstm_grad_row(const T* dy, const T* dh, T* dc, const T* g4, const T* cprev, const T* tc, int64_t H, int64_t nj,
+                   int64_t j0, T* da) {
+  using V = Vec<Isa, T>;
+  constexpr int64_t W = V::width;
+  const auto one = V::set1(T(1));
+  for (int64_t jj = 0; jj < nj; jj += W) {
+    const Lanes<Isa, T> L{static_cast<int>(std::min<int64_t>(W, nj - jj))};
+    const int64_t j = j0 + jj;
+    const auto d = V::add(L.ld(dh + j), L.ld(dy + j));
+    const auto i = L.ld(g4 + j), f = L.ld(g4 + H + j), g = L.ld(g4 + 2 * H + j), o = L.ld(g4 + 3 * H + j);
+    const auto t = L.ld(tc + j);
+    const auto dcc = V::fmadd(V::mul(d, o), V::fnmadd(t, t, one), L.ld(dc + j));
+    L.st(da + j, V::mul(V::mul(dcc, g), V::fnmadd(i, i, i)));
+    L.st(da + H + j, V::mul(V::mul(dcc, L.ld(cprev + j)), V::fnmadd(f, f, f)));
+    L.st(da + 2 * H + j, V::mul(V::mul(dcc, i), V::fnmadd(g, g, one)));
+    L.st(da + 3 * H + j, V::mul(V::mul(d, t), V::fnmadd(o, o, o)));
+    L.st(dc + j, V::mul(dcc, f));
+  }
+}
+
+template <class Isa, class T>
+void gru_grad_row(const T* dy, const T* dh, const T* g4, const T* hprev, int64_t H, int64_t nj, int64_t j0, T* da,
+                  T* dah, T* dhz) {
+  using V = Vec<Isa, T>;
+  constexpr int64_t W = V::width;
+  const auto one = V::set1(T(1));
+  for (int64_t jj = 0; jj < nj; jj += W) {
+    const Lanes<Isa, T> L{static_cast<int>(std::min<int64_t>(W, nj - jj))};
+    const int64_t j = j0 + jj;
+    const auto d = V::add(L.ld(dh + j), L.ld(dy + j));
+    const auto r = L.ld(g4 + j), z = L.ld(g4 + H + j), n = L.ld(g4 + 2 * H + j), hn = L.ld(g4 + 3 * H + j);
+    const auto dn = V::mul(V::mul(d, V::sub(one, z)), V::fnmadd(n, n, one));
+    const auto dz = V::mul(V::mul(d, V::sub(L.ld(hprev + j), n)), V::fnmadd(z, z, z));
+    const auto dr = V::mul(V::mul(dn, hn), V::fnmadd(r, r, r));
+    L.st(da + j, dr);
+    L.st(da + H + j, dz);
+    L.st(da + 2 * H + j, dn);
+    L.st(dah + j, dr);
+    L.st(dah + H + j, dz);
+    L.st(dah + 2 * H + j, V::mul(dn, r));
+    L.st(dhz + j, V::mul(d, z));
+  }
+}
+
+template <class Isa, class T>
+void rnn_grad_row(const T* dy, const T* dh, const T* hnew, bool relu, int64_t nj, int64_t j0, T* da) {
+  using V = Vec<Isa, T>;
+  constexpr int64_t W = V::width;
+  for (int64_t jj = 0; jj < nj; jj += W) {
+    const Lanes<Isa, T> L{static_cast<int>(std::min<int64_t>(W, nj - jj))};
+    const int64_t j = j0 + jj;
+    const auto d = V::add(L.ld(dh + j), L.ld(dy + j));
+    const auto h = L.ld(hnew + j);
+    const auto g = relu ? V::select(V::gt(h, V::zero()), d, V::zero()) : V::mul(d, V::fnmadd(h, h, V::set1(T(1))));
+    L.st(da + j, g);
+  }
+}
+
+template <class Isa, class T>
+void zero_units(T* row, int64_t G, int64_t H, int64_t j0, int64_t nj) {
+  for (int64_t g = 0; g < G; ++g) std::fill(row + g * H + j0, row + g * H + j0 + nj, T(0));
+}
+
+template <class Isa, class T>
+void rnn_backward(const RnnBackwardArgs<T>& A) {
+  const int64_t T_ = A.steps, B = A.B, I = A.I, H = A.H, G = rnn_gates(A.cell);
+  const int64_t GH = G * H;
+  const bool lstm = A.cell == RnnCell::lstm, gru = A.cell == RnnCell::gru;
+  const bool relu = A.cell == RnnCell::rnn_relu;
+  const int nt = rnn_threads<Isa, T>(H, B, G, A.nthreads);
+  constexpr int64_t W = Vec<Isa, T>::width;
+  const int64_t S = rnn_workspace_per_unit(A.cell) - 1 - (lstm ? 2 : 0);
+  const T* ws_g = A.ws;
+  const T* ws_hprev = A.ws + T_ * B * S * H;
+  const T* ws_cprev = lstm ? ws_hprev + T_ * B * H : nullptr;
+  const T* ws_tc = lstm ? ws_cprev + T_ * B * H : nullptr;
+
+  std::vector<T> da(static_cast<size_t>(T_ * B * GH));  // d(input projection)
+  std::vector<T> dah;                                  // GRU: d(recurrent product)
+  std::vector<T> dhz;
+  if (gru) {
+    dah.resize(da.size());
+    dhz.resize(static_cast<size_t>(B * H));
+  }
+  std::vector<T> dh(A.dh_n, A.dh_n + B * H);
+  std::vector<T> dc;
+  if (lstm) dc.assign(A.dc_n, A.dc_n + B * H);
+  std::vector<int64_t> lo(nt), hi(nt);
+  for (int p = 0; p < nt; ++p) thread_slice(H, nt, p, W, &lo[p], &hi[p]);
+  int64_t max_nj = 0;
+  for (int p = 0; p < nt; ++p) max_nj = std::max(max_nj, hi[p] - lo[p]);
+  std::vector<T> tmp(static_cast<size_t>(nt * B * max_nj));
+  const PackSizes<Isa, T> ps(B, max_nj, GH);
+  std::vector<T> packbuf((ps.a + ps.b) * nt + 64);
+  const T* dA_h = gru ? dah.data() : da.data();
+
+#pragma omp parallel num_threads(nt) if (nt > 1)
+  {
+    DenormalsFlushed flush;
+    const int p = omp_get_thread_num();
+    const int64_t j0 = lo[p], nj = hi[p] - lo[p];
+    T* tp = tmp.data() + static_cast<size_t>(p) * B * max_nj;
+    T* abuf = aligned64(packbuf) + (ps.a + ps.b) * p;
+    T* bbuf = abuf + ps.a;
+    for (int64_t s = T_ - 1; s >= 0; --s) {
+      const int64_t t = A.reverse ? T_ - 1 - s : s;
+      if (nj > 0) {
+        for (int64_t b = 0; b < B; ++b) {
+          const int64_t row = t * B + b;
+          T* dar = da.data() + row * GH;
+          if (!row_active(A.lengths, b, t)) {
+            zero_units<Isa, T>(dar, G, H, j0, nj);
+            if (gru) zero_units<Isa, T>(dah.data() + row * GH, G, H, j0, nj);
+            continue;
+          }
+          const T* dyr = A.dy + row * H;
+          if (lstm) {
+            lstm_grad_row<Isa, T>(dyr, dh.data() + b * H, dc.data() + b * H, ws_g + row * S * H, ws_cprev + row * H,
+                                  ws_tc + row * H, H, nj, j0, dar);
+          } else if (gru) {
+            gru_grad_row<Isa, T>(dyr, dh.data() + b * H, ws_g + row * S * H, ws_hprev + row * H, H, nj, j0, dar,
+                                 dah.data() + row * GH, dhz.data() + b * H);
+          } else {
+            rnn_grad_row<Isa, T>(dyr, dh.data() + b * H, ws_g + row * H, relu, nj, j0, dar);
+          }
+        }
+      }
+#pragma omp barrier
+      if (nj > 0) {
+        // dh[:, own] = dA_h[t] (B, G H) @ W_hh[:, own] (G H, nj)  (+ d z for GRU); inactive rows keep dh.
+        const GemmView<T> v{B, nj, GH, dA_h + t * B * GH, GH, false, A.w_hh + j0, H, false, tp, nj, T(1), T(0),
+                            nullptr};
+        gemm_here<Isa, T>(v, abuf, bbuf);
+        for (int64_t b = 0; b < B; ++b) {
+          if (!row_active(A.lengths, b, t)) continue;
+          T* dhr = dh.data() + b * H + j0;
+          const T* tr = tp + b * nj;
+          if (gru) {
+            const T* z = dhz.data() + b * H + j0;
+            for (int64_t jj = 0; jj < nj; ++jj) dhr[jj] = tr[jj] + z[jj];
+          } else {
+            std::memcpy(dhr, tr, sizeof(T) * nj);
+          }
+        }
+      }
+      // The next step's stage 1 touches only this thread's columns of dh and another time row
+      // of da, so no second barrier is needed here.
+    }
+  }
+  std::memcpy(A.dh0, dh.data(), sizeof(T) * B * H);
+  if (lstm) std::memcpy(A.dc0, dc.data(), sizeof(T) * B * H);
+  const int64_t R = T_ * B;
+  // dx (T B, I) = dA_x W_ih;  dW_ih = dA_x^T x;  dW_hh = dA_h^T hprev;  biases: column sums.
+  gemm_full<Isa, T>(R, I, GH, da.data(), GH, false, A.w_ih, I, false, A.dx, I, nullptr, A.nthreads);
+  gemm_full<Isa, T>(GH, I, R, da.data(), GH, true, A.x, I, false, A.dw_ih, I, nullptr, A.nthreads);
+  gemm_full<Isa, T>(GH, H, R, dA_h, GH, true, ws_hprev, H, false, A.dw_hh, H, nullptr, A.nthreads);
+  column_sums<Isa, T>(da.data(), R, GH, A.db_ih, A.nthreads);
+  if (gru) {
+    column_sums<Isa, T>(dah.data(), R, GH, A.db_hh, A.nthreads);
+  } else {
+    std::memcpy(A.db_hh, A.db_ih, sizeof(T) * GH);
+  }
+}
+
+}  // namespace
+
+template <>
+const RnnKernels& rnn_kernels<TargetIsa>() {
+  static const RnnKernels table{
+      &rnn_forward<TargetIsa, float>,
+      &rnn_forward<TargetIsa, double>,
+      &rnn_backward<TargetIsa, float>,
+      &rnn_backward<TargetIsa, double>,
+  };
+  return table;
+}
+
+}  // namespace seqblocks
