@@ -225,10 +225,6 @@ class RNN(RNNBase):
                          bias, batch_first, dropout, bidirectional, 0, dtype)
         self.nonlinearity = nonlinearity
 
-    def extra_repr(self) -> str:
-        s = super().extra_repr()
-        return s + (", nonlinearity='relu'" if self.nonlinearity == "relu" else "")
-
 
 class LSTM(RNNBase):
     """LSTM, gate order i, f, g, o; with ``proj_size`` > 0, h_t = (o * tanh(c_t)) W_hr^T."""
