@@ -91,8 +91,9 @@ def test_native_matches_reference(isa, rng, cell, dtype, H):
 def test_native_bias_off_no_states_large(isa, rng, cell):
     """Bias off, zero initial states (None), a hidden size that splits over threads, 1 and 2 threads:
     results within rounding of the reference and of each other."""
-    T, B, I, H = 4, 9, 31, 65
-    args = make(rng, cell, T, B, I, H, np.float32, bias=False, states=False, lengths=np.array([4, 2, 1, 4, 3, 4, 4, 1, 2]))
+    T, B, I, H = 4, 17, 31, 129  # B G H^2 >= 2^18 multiply-adds per step: two threads share the units
+    lengths = np.array([4, 2, 1, 4, 3, 4, 4, 1, 2, 4, 4, 3, 1, 1, 2, 4, 4])
+    args = make(rng, cell, T, B, I, H, np.float32, bias=False, states=False, lengths=lengths)
     results = []
     for nt in (1, 2):
         seqblocks.set_num_threads(nt)

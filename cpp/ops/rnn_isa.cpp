@@ -18,11 +18,59 @@
 namespace seqblocks {
 namespace {
 
-// One GEMM on the calling thread only (inside our parallel region): the dot path where the
-// driver would take it, else the packed path with this thread's own buffers (sized beforehand).
+// c (m x n) = a (m x k, row stride lda) @ b (k x n, row stride ldb) (+ bias) for a few rows m:
+// the GEMV-like shape of a recurrent step at batch 1..4, which the blocked GEMM serves poorly.
+// Vectors run along n (NV of them per block), every row of a is broadcast, and the R rows share
+// each load of b.
+template <class Isa, class T, int R>
+void few_rows_gemm(int64_t n, int64_t k, const T* a, int64_t lda, const T* b, int64_t ldb, T* c, int64_t ldc,
+                   const T* bias) {
+  using V = Vec<Isa, T>;
+  using Reg = typename V::reg;
+  constexpr int64_t W = V::width;
+  constexpr int NV = R == 1 ? 8 : 4;  // enough independent FMA chains to hide the latency
+  int64_t j = 0;
+  for (; j + NV * W <= n; j += NV * W) {
+    Reg acc[R][NV];
+    for (int r = 0; r < R; ++r)
+      for (int v = 0; v < NV; ++v) acc[r][v] = bias ? V::load(bias + j + v * W) : V::zero();
+    for (int64_t kk = 0; kk < k; ++kk) {
+      const T* bk = b + kk * ldb + j;
+      Reg bv[NV];
+      for (int v = 0; v < NV; ++v) bv[v] = V::load(bk + v * W);
+      for (int r = 0; r < R; ++r) {
+        const Reg av = V::set1(a[r * lda + kk]);
+        for (int v = 0; v < NV; ++v) acc[r][v] = V::fmadd(av, bv[v], acc[r][v]);
+      }
+    }
+    for (int r = 0; r < R; ++r)
+      for (int v = 0; v < NV; ++v) V::store(c + r * ldc + j + v * W, acc[r][v]);
+  }
+  for (; j < n; j += W) {
+    const int t = static_cast<int>(std::min<int64_t>(W, n - j));
+    Reg acc[R];
+    for (int r = 0; r < R; ++r) acc[r] = bias ? V::load_tail(bias + j, t) : V::zero();
+    for (int64_t kk = 0; kk < k; ++kk) {
+      const Reg bv = V::load_tail(b + kk * ldb + j, t);
+      for (int r = 0; r < R; ++r) acc[r] = V::fmadd(V::set1(a[r * lda + kk]), bv, acc[r]);
+    }
+    for (int r = 0; r < R; ++r) V::store_tail(c + r * ldc + j, acc[r], t);
+  }
+}
+
+// One GEMM on the calling thread only (inside our parallel region): few rows -> few_rows_gemm;
+// else the dot path where the driver would take it, or the packed path with this thread's own
+// buffers (sized beforehand).
 template <class Isa, class T>
 void gemm_here(const GemmView<T>& v, T* abuf, T* bbuf) {
   if (v.m <= 0 || v.n <= 0) return;
+  if (!v.trans_a && !v.trans_b && v.m <= 4 && v.beta == T(0) && v.alpha == T(1)) {
+    int64_t i = 0;
+    for (; i + 2 <= v.m; i += 2)
+      few_rows_gemm<Isa, T, 2>(v.n, v.k, v.a + i * v.lda, v.lda, v.b, v.ldb, v.c + i * v.ldc, v.ldc, v.bias);
+    if (i < v.m) few_rows_gemm<Isa, T, 1>(v.n, v.k, v.a + i * v.lda, v.lda, v.b, v.ldb, v.c + i * v.ldc, v.ldc, v.bias);
+    return;
+  }
   GemmProblem<T> p;
   p.m = v.m, p.n = v.n, p.k = v.k, p.trans_a = v.trans_a, p.trans_b = v.trans_b;
   switch (gemm_choose_path<Isa, T>(p)) {
@@ -68,7 +116,7 @@ int rnn_threads(int64_t H, int64_t B, int64_t G, int nthreads) {
   // One step must carry enough multiply-adds to pay for a barrier (a few microseconds).
   const int64_t macs = B * G * H * H;
   int nt = static_cast<int>(std::min<int64_t>(nthreads, blocks));
-  if (macs < 48 * 1024) nt = 1;
+  if (macs < 256 * 1024) nt = 1;
   return std::max(1, nt);
 }
 
@@ -235,19 +283,29 @@ void rnn_forward(const RnnForwardArgs<T>& A) {
   gemm_full<Isa, T>(T_ * B, GH, I, A.x, I, false, A.w_ih, I, true, xa.data(), GH, any_bias ? bias_x.data() : nullptr,
                     A.nthreads);
 
-  // Thread slices of the hidden units and W_hh permuted so each slice's G gate blocks are
-  // contiguous rows: wp[G lo + g nj + jj] = w_hh[g H + lo + jj].
+  // Thread slices of the hidden units and W_hh^T (H, G H) with its columns permuted so each
+  // slice's G gate blocks are contiguous: column G lo + g nj + jj of wp is row g H + lo + jj of
+  // W_hh. (The step GEMM then reads B = W_hh^T row-major, the fast layout of the kernels.)
   std::vector<int64_t> lo(nt), hi(nt);
   for (int p = 0; p < nt; ++p) thread_slice(H, nt, p, W, &lo[p], &hi[p]);
   std::vector<T> wp(static_cast<size_t>(GH * H));
   std::vector<T> bp(static_cast<size_t>(GH));
+  std::vector<int64_t> src_of(static_cast<size_t>(GH));  // wp column -> W_hh row
   for (int p = 0; p < nt; ++p) {
     const int64_t nj = hi[p] - lo[p];
     for (int64_t g = 0; g < G; ++g) {
       for (int64_t jj = 0; jj < nj; ++jj) {
         const int64_t dst = G * lo[p] + g * nj + jj, src = g * H + lo[p] + jj;
-        std::memcpy(&wp[dst * H], A.w_hh + src * H, sizeof(T) * H);
+        src_of[dst] = src;
         bp[dst] = bias_h[src];
+      }
+    }
+  }
+  constexpr int64_t TB = 16;  // transpose in 16 x 16 tiles (strided writes of whole rows miss the cache)
+  for (int64_t d0 = 0; d0 < GH; d0 += TB) {
+    for (int64_t k0 = 0; k0 < H; k0 += TB) {
+      for (int64_t kk = k0; kk < std::min(H, k0 + TB); ++kk) {
+        for (int64_t d = d0; d < std::min(GH, d0 + TB); ++d) wp[kk * GH + d] = A.w_hh[src_of[d] * H + kk];
       }
     }
   }
@@ -275,14 +333,14 @@ void rnn_forward(const RnnForwardArgs<T>& A) {
     T* hap = ha.data() + static_cast<size_t>(p) * B * G * max_nj;
     T* abuf = aligned64(packbuf) + (ps.a + ps.b) * p;
     T* bbuf = abuf + ps.a;
-    const T* wblk = wp.data() + G * j0 * H;
+    const T* wblk = wp.data() + G * j0;
     for (int64_t s = 0; s < T_; ++s) {
       const int64_t t = A.reverse ? T_ - 1 - s : s;
       const T* hcur = hbuf.data() + (s & 1) * B * H;
       T* hnext = hbuf.data() + ((s + 1) & 1) * B * H;
       if (nj > 0) {
         // ha (B, G nj) = h W_hh[own rows]^T (+ b_hh for GRU)
-        const GemmView<T> v{B, G * nj, H, hcur, H, false, wblk, H, true, hap, G * nj, T(1), T(0),
+        const GemmView<T> v{B, G * nj, H, hcur, H, false, wblk, GH, false, hap, G * nj, T(1), T(0),
                             gh_bias ? bp.data() + G * j0 : nullptr};
         gemm_here<Isa, T>(v, abuf, bbuf);
         for (int64_t b = 0; b < B; ++b) {
