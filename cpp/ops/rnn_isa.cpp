@@ -64,8 +64,20 @@ void few_rows_gemm(int64_t n, int64_t k, const T* a, int64_t lda, const T* b, in
 template <class Isa, class T>
 void gemm_here(const GemmView<T>& v, T* abuf, T* bbuf) {
   if (v.m <= 0 || v.n <= 0) return;
-  if (!v.trans_a && !v.trans_b && v.m <= 4 && v.beta == T(0) && v.alpha == T(1)) {
-    int64_t i = 0;
+  const bool plain = !v.trans_a && !v.trans_b && v.beta == T(0) && v.alpha == T(1);
+  constexpr int64_t MR = GemmTraits<Isa, T>::MR;
+  // Rows past the last whole micro-panel would fill a mostly empty MR-row tile (32 = 14 + 14 + 4
+  // on avx512): the blocked kernel takes the whole panels, few_rows_gemm the rest.
+  const int64_t rest = v.m <= 4 ? v.m : (v.m > MR && v.m % MR <= 8 ? v.m % MR : 0);
+  if (plain && rest > 0) {
+    if (v.m > rest) {
+      GemmView<T> head = v;
+      head.m = v.m - rest;
+      gemm_packed<Isa, T>(head, abuf, bbuf);
+    }
+    int64_t i = v.m - rest;
+    for (; i + 4 <= v.m; i += 4)
+      few_rows_gemm<Isa, T, 4>(v.n, v.k, v.a + i * v.lda, v.lda, v.b, v.ldb, v.c + i * v.ldc, v.ldc, v.bias);
     for (; i + 2 <= v.m; i += 2)
       few_rows_gemm<Isa, T, 2>(v.n, v.k, v.a + i * v.lda, v.lda, v.b, v.ldb, v.c + i * v.ldc, v.ldc, v.bias);
     if (i < v.m) few_rows_gemm<Isa, T, 1>(v.n, v.k, v.a + i * v.lda, v.lda, v.b, v.ldb, v.c + i * v.ldc, v.ldc, v.bias);
