@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <memory>
 #include <vector>
 
 #include "ops/parallel.h"
@@ -113,6 +114,13 @@ template <class T>
 T* aligned64(std::vector<T>& buf) {
   const uintptr_t a = reinterpret_cast<uintptr_t>(buf.data());
   return reinterpret_cast<T*>((a + 63) & ~uintptr_t(63));
+}
+
+// A buffer left uninitialised (every element is written before it is read): a value-initialised
+// std::vector would clear megabytes per call for nothing.
+template <class T>
+std::unique_ptr<T[]> uninit(int64_t n) {
+  return std::unique_ptr<T[]>(new T[static_cast<size_t>(n)]);
 }
 
 static inline bool row_active(const int64_t* lengths, int64_t b, int64_t t) {
@@ -281,7 +289,7 @@ void rnn_forward(const RnnForwardArgs<T>& A) {
 
   // Input projection of all steps: xa (T B, G H) = x W_ih^T + bias (GRU: b_ih only; b_hh stays
   // inside the recurrent product because of r * (W_hn h + b_hn)).
-  std::vector<T> xa(static_cast<size_t>(T_ * B * GH));
+  auto xa = uninit<T>(T_ * B * GH);
   std::vector<T> bias_x(static_cast<size_t>(GH), T(0));
   std::vector<T> bias_h(static_cast<size_t>(GH), T(0));
   const bool any_bias = A.b_ih || A.b_hh;
@@ -294,7 +302,7 @@ void rnn_forward(const RnnForwardArgs<T>& A) {
       bias_x[k] = bi + bh;
     }
   }
-  gemm_full<Isa, T>(T_ * B, GH, I, A.x, I, false, A.w_ih, I, true, xa.data(), GH, any_bias ? bias_x.data() : nullptr,
+  gemm_full<Isa, T>(T_ * B, GH, I, A.x, I, false, A.w_ih, I, true, xa.get(), GH, any_bias ? bias_x.data() : nullptr,
                     A.nthreads);
 
   // Thread slices of the hidden units and W_hh^T (H, G H) with its columns permuted so each
@@ -360,7 +368,7 @@ void rnn_forward(const RnnForwardArgs<T>& A) {
         for (int64_t b = 0; b < B; ++b) {
           const bool act = row_active(A.lengths, b, t);
           const int64_t row = t * B + b;
-          const T* xr = xa.data() + row * GH;
+          const T* xr = xa.get() + row * GH;
           const T* hr = hap + b * G * nj;
           T* yr = A.y + row * H;
           T* wsg = ws_g ? ws_g + row * S * H : nullptr;
@@ -465,13 +473,9 @@ void rnn_backward(const RnnBackwardArgs<T>& A) {
   const T* ws_cprev = lstm ? ws_hprev + T_ * B * H : nullptr;
   const T* ws_tc = lstm ? ws_cprev + T_ * B * H : nullptr;
 
-  std::vector<T> da(static_cast<size_t>(T_ * B * GH));  // d(input projection)
-  std::vector<T> dah;                                  // GRU: d(recurrent product)
-  std::vector<T> dhz;
-  if (gru) {
-    dah.resize(da.size());
-    dhz.resize(static_cast<size_t>(B * H));
-  }
+  auto da = uninit<T>(T_ * B * GH);                          // d(input projection)
+  auto dah = gru ? uninit<T>(T_ * B * GH) : nullptr;        // GRU: d(recurrent product)
+  std::vector<T> dhz(gru ? static_cast<size_t>(B * H) : 0);
   std::vector<T> dh(A.dh_n, A.dh_n + B * H);
   std::vector<T> dc;
   if (lstm) dc.assign(A.dc_n, A.dc_n + B * H);
@@ -482,7 +486,7 @@ void rnn_backward(const RnnBackwardArgs<T>& A) {
   std::vector<T> tmp(static_cast<size_t>(nt * B * max_nj));
   const PackSizes<Isa, T> ps(B, max_nj, GH);
   std::vector<T> packbuf((ps.a + ps.b) * nt + 64);
-  const T* dA_h = gru ? dah.data() : da.data();
+  const T* dA_h = gru ? dah.get() : da.get();
 
 #pragma omp parallel num_threads(nt) if (nt > 1)
   {
@@ -497,10 +501,10 @@ void rnn_backward(const RnnBackwardArgs<T>& A) {
       if (nj > 0) {
         for (int64_t b = 0; b < B; ++b) {
           const int64_t row = t * B + b;
-          T* dar = da.data() + row * GH;
+          T* dar = da.get() + row * GH;
           if (!row_active(A.lengths, b, t)) {
             zero_units<Isa, T>(dar, G, H, j0, nj);
-            if (gru) zero_units<Isa, T>(dah.data() + row * GH, G, H, j0, nj);
+            if (gru) zero_units<Isa, T>(dah.get() + row * GH, G, H, j0, nj);
             continue;
           }
           const T* dyr = A.dy + row * H;
@@ -509,7 +513,7 @@ void rnn_backward(const RnnBackwardArgs<T>& A) {
                                   ws_tc + row * H, H, nj, j0, dar);
           } else if (gru) {
             gru_grad_row<Isa, T>(dyr, dh.data() + b * H, ws_g + row * S * H, ws_hprev + row * H, H, nj, j0, dar,
-                                 dah.data() + row * GH, dhz.data() + b * H);
+                                 dah.get() + row * GH, dhz.data() + b * H);
           } else {
             rnn_grad_row<Isa, T>(dyr, dh.data() + b * H, ws_g + row * H, relu, nj, j0, dar);
           }
@@ -541,12 +545,12 @@ void rnn_backward(const RnnBackwardArgs<T>& A) {
   if (lstm) std::memcpy(A.dc0, dc.data(), sizeof(T) * B * H);
   const int64_t R = T_ * B;
   // dx (T B, I) = dA_x W_ih;  dW_ih = dA_x^T x;  dW_hh = dA_h^T hprev;  biases: column sums.
-  gemm_full<Isa, T>(R, I, GH, da.data(), GH, false, A.w_ih, I, false, A.dx, I, nullptr, A.nthreads);
-  gemm_full<Isa, T>(GH, I, R, da.data(), GH, true, A.x, I, false, A.dw_ih, I, nullptr, A.nthreads);
+  gemm_full<Isa, T>(R, I, GH, da.get(), GH, false, A.w_ih, I, false, A.dx, I, nullptr, A.nthreads);
+  gemm_full<Isa, T>(GH, I, R, da.get(), GH, true, A.x, I, false, A.dw_ih, I, nullptr, A.nthreads);
   gemm_full<Isa, T>(GH, H, R, dA_h, GH, true, ws_hprev, H, false, A.dw_hh, H, nullptr, A.nthreads);
-  column_sums<Isa, T>(da.data(), R, GH, A.db_ih, A.nthreads);
+  column_sums<Isa, T>(da.get(), R, GH, A.db_ih, A.nthreads);
   if (gru) {
-    column_sums<Isa, T>(dah.data(), R, GH, A.db_hh, A.nthreads);
+    column_sums<Isa, T>(dah.get(), R, GH, A.db_hh, A.nthreads);
   } else {
     std::memcpy(A.db_hh, A.db_ih, sizeof(T) * GH);
   }
