@@ -14,7 +14,7 @@ from . import Case, torch_or_none
 GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
 
 
-def _case(cls, T, B, I, H, train, torch, lengths=False, label=""):
+def _case(cls, T, B, I, H, train, torch, lengths=False, label="", numpy=False):
     import seqblocks
     from seqblocks import nn
 
@@ -38,6 +38,12 @@ def _case(cls, T, B, I, H, train, torch, lengths=False, label=""):
                 m(x, lengths=lens)
 
     impls = {"seqblocks": ours}
+    if numpy:  # the float64 NumPy reference: only at the quick sizes (a Python loop over steps)
+        def numpy_impl():
+            with seqblocks.backend("numpy"):
+                ours()
+
+        impls["numpy"] = numpy_impl
     if torch is not None:
         tm = getattr(torch.nn, cls)(I, H)
         tm.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in m.state_dict().items()})
@@ -66,8 +72,8 @@ def _case(cls, T, B, I, H, train, torch, lengths=False, label=""):
 def cases(quick: bool) -> list[Case]:
     torch = torch_or_none()
     if quick:
-        return [_case("LSTM", 16, 8, 64, 64, False, torch), _case("LSTM", 16, 8, 64, 64, True, torch),
-                _case("GRU", 16, 8, 64, 64, True, torch), _case("RNN", 16, 8, 64, 64, True, torch)]
+        return [_case("LSTM", 16, 8, 64, 64, False, torch, numpy=True), _case("LSTM", 16, 8, 64, 64, True, torch, numpy=True),
+                _case("GRU", 16, 8, 64, 64, True, torch, numpy=True), _case("RNN", 16, 8, 64, 64, True, torch, numpy=True)]
     return [
         _case("LSTM", 64, 32, 256, 256, False, torch),
         _case("LSTM", 128, 1, 128, 128, False, torch),
