@@ -72,8 +72,10 @@ def _case(cls, T, B, I, H, train, torch, lengths=False, label="", numpy=False):
 def cases(quick: bool) -> list[Case]:
     torch = torch_or_none()
     if quick:
-        return [_case("LSTM", 16, 8, 64, 64, False, torch, numpy=True), _case("LSTM", 16, 8, 64, 64, True, torch, numpy=True),
-                _case("GRU", 16, 8, 64, 64, True, torch, numpy=True), _case("RNN", 16, 8, 64, 64, True, torch, numpy=True)]
+        return [_case("LSTM", 16, 8, 64, 64, False, torch, numpy=True),
+                _case("LSTM", 16, 8, 64, 64, True, torch, numpy=True),
+                _case("GRU", 16, 8, 64, 64, True, torch, numpy=True),
+                _case("RNN", 16, 8, 64, 64, True, torch, numpy=True)]
     return [
         _case("LSTM", 64, 32, 256, 256, False, torch),
         _case("LSTM", 128, 1, 128, 128, False, torch),
