@@ -13,19 +13,21 @@ CELLS = ["lstm", "gru", "rnn_tanh", "rnn_relu"]
 GATES = {"lstm": 4, "gru": 3, "rnn_tanh": 1, "rnn_relu": 1}
 
 
-def make(rng, cell, T, B, I, H, dtype=np.float64, bias=True, states=True, lengths=None):
-    """Arguments of the cell's layer forward (PyTorch's U(+-1/sqrt(H)) weights, N(0,1) x and states)."""
+def make(rng, cell, T, B, I, H, dtype=np.float64, bias=True, states=True, lengths=None, proj=0):
+    """Arguments of the cell's layer forward (PyTorch's U(+-1/sqrt(H)) weights, N(0,1) x and states);
+    ``proj`` > 0: an LSTM with a projection to that size."""
     G = GATES[cell]
     k = 1 / np.sqrt(H)
     u = lambda *s: rng.uniform(-k, k, s).astype(dtype)  # noqa: E731
+    Ho = proj or H
     x = rng.standard_normal((T, B, I)).astype(dtype)
-    h0 = rng.standard_normal((B, H)).astype(dtype) if states else None
+    h0 = rng.standard_normal((B, Ho)).astype(dtype) if states else None
     args = {"x": x, "h0": h0}
     if cell == "lstm":
         args["c0"] = rng.standard_normal((B, H)).astype(dtype) if states else None
-    args.update(w_ih=u(G * H, I), w_hh=u(G * H, H), b_ih=u(G * H) if bias else None, b_hh=u(G * H) if bias else None)
+    args.update(w_ih=u(G * H, I), w_hh=u(G * H, Ho), b_ih=u(G * H) if bias else None, b_hh=u(G * H) if bias else None)
     if cell == "lstm":
-        args["w_hr"] = None
+        args["w_hr"] = u(proj, H) if proj else None
     args["lengths"] = lengths
     return args
 
@@ -115,6 +117,32 @@ def test_native_bias_off_no_states_large(isa, rng, cell):
         check_close(a, b, f, "threads")
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("T,B,H,P,threads", [(5, 3, 7, 1, 1), (5, 3, 17, 5, 1), (4, 1, 33, 16, 1),
+                                             (4, 17, 129, 65, 2)])
+def test_native_lstm_projection(isa, rng, dtype, T, B, H, P, threads):
+    """LSTM with proj_size: native (two phases per step) vs reference, lengths and reverse."""
+    seqblocks.set_num_threads(threads)
+    I = 6
+    lengths = rng.integers(1, T + 1, B)
+    lengths[0] = T
+    for reverse in (False, True):
+        args = make(rng, "lstm", T, B, I, H, dtype, lengths=lengths, proj=P)
+        out, ws = run_forward("lstm", args, reverse)
+        assert ws["backend"] == "native" and out[0].shape == (T, B, P)
+        with seqblocks.backend("numpy"):
+            ref_out, ref_ws = run_forward("lstm", args, reverse)
+        f = tolerance(T, I + P, H)
+        for a, e in zip(out, ref_out):
+            check_close(a, e, f, "lstm proj output")
+        grads = tuple(rng.standard_normal(o.shape).astype(dtype) for o in out)
+        g = run_backward("lstm", grads, ws)
+        with seqblocks.backend("numpy"):
+            ref_g = run_backward("lstm", grads, ref_ws)
+        for i, (a, e) in enumerate(zip(g, ref_g)):
+            check_close(a, e, f * sum_factor(T * B), f"lstm proj grad {i}")
+
+
 @pytest.mark.parametrize("cell", CELLS)
 def test_inference_mode(rng, cell):
     args = make(rng, cell, 4, 2, 3, 5, np.float32)
@@ -129,11 +157,13 @@ def test_inference_mode(rng, cell):
 
 
 @pytest.mark.parametrize("backend", ["numpy", "native"])
-@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("cell", CELLS + ["lstm_proj"])
 @pytest.mark.parametrize("reverse", [False, True])
 def test_gradcheck(backend, cell, reverse):
     rng = np.random.default_rng(7)
-    args = make(rng, cell, 3, 3, 2, 3, lengths=np.array([3, 1, 2]))
+    proj = 2 if cell == "lstm_proj" else 0
+    cell = "lstm" if proj else cell
+    args = make(rng, cell, 3, 3, 2, 3, lengths=np.array([3, 1, 2]), proj=proj)
     if cell == "rnn_relu":  # keep pre-activations away from the kink
         args["b_ih"] = args["b_ih"] + 0.5
     names = [k for k, v in args.items() if v is not None and k != "lengths"]

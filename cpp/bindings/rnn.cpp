@@ -63,21 +63,35 @@ static inline std::optional<py::array_t<int64_t, py::array::c_style>> lengths_of
 template <class T>
 py::tuple forward_impl(RnnCell cell, const py::array& x_arr, const py::array& h0_arr, const OptArray& c0_arr,
                        const py::array& wih_arr, const py::array& whh_arr, const OptArray& bih_arr,
-                       const OptArray& bhh_arr, const OptArray& len_arr, bool reverse, bool needs_grad) {
+                       const OptArray& bhh_arr, const OptArray& whr_arr, const OptArray& len_arr, bool reverse,
+                       bool needs_grad) {
   const DType dt = std::is_same_v<T, float> ? DType::f32 : DType::f64;
   if (x_arr.ndim() != 3) throw std::invalid_argument("x: expected a 3-D array (T, B, I), got shape " + shape_str(x_arr));
   const int64_t T_ = x_arr.shape(0), B = x_arr.shape(1), I = x_arr.shape(2);
   const int64_t G = rnn_gates(cell);
-  if (whh_arr.ndim() != 2) throw std::invalid_argument("w_hh: expected a 2-D array, got shape " + shape_str(whh_arr));
-  const int64_t H = whh_arr.shape(1);
-  if (H <= 0 || T_ <= 0 || B <= 0) throw std::invalid_argument("x, w_hh: expected non-empty sizes");
+  if (wih_arr.ndim() != 2 || wih_arr.shape(0) % G != 0) {
+    throw std::invalid_argument("w_ih: expected shape (" + std::to_string(G) + "*hidden_size, input_size), got " +
+                                shape_str(wih_arr));
+  }
+  const int64_t H = wih_arr.shape(0) / G;
+  if (H <= 0 || T_ <= 0 || B <= 0) throw std::invalid_argument("x, w_ih: expected non-empty sizes");
+  const bool lstm = cell == RnnCell::lstm;
+  if (whr_arr && !lstm) throw std::invalid_argument("w_hr: only an LSTM has a projection");
+  int64_t P = H;
+  if (whr_arr) {
+    expect_dtype(*whr_arr, dt, "w_hr", "x");
+    if (whr_arr->ndim() != 2 || whr_arr->shape(1) != H || whr_arr->shape(0) <= 0 || whr_arr->shape(0) >= H) {
+      throw std::invalid_argument("w_hr: expected shape (proj_size, " + std::to_string(H) +
+                                  ") with 0 < proj_size < hidden_size, got " + shape_str(*whr_arr));
+    }
+    P = whr_arr->shape(0);
+  }
   expect_dtype(h0_arr, dt, "h0", "x");
   expect_dtype(wih_arr, dt, "w_ih", "x");
   expect_dtype(whh_arr, dt, "w_hh", "x");
-  expect_shape(whh_arr, {G * H, H}, "w_hh");
+  expect_shape(whh_arr, {G * H, P}, "w_hh");
   expect_shape(wih_arr, {G * H, I}, "w_ih");
-  expect_shape(h0_arr, {B, H}, "h0");
-  const bool lstm = cell == RnnCell::lstm;
+  expect_shape(h0_arr, {B, P}, "h0");
   if (lstm && !c0_arr) throw std::invalid_argument("c0: required for an LSTM");
   if (lstm) {
     expect_dtype(*c0_arr, dt, "c0", "x");
@@ -94,15 +108,17 @@ py::tuple forward_impl(RnnCell cell, const py::array& x_arr, const py::array& h0
   auto h0 = c_input<T>(h0_arr);
   auto wih = c_input<T>(wih_arr);
   auto whh = c_input<T>(whh_arr);
-  std::optional<CArray<T>> c0, bih, bhh;
+  std::optional<CArray<T>> c0, bih, bhh, whr;
   if (lstm) c0 = c_input<T>(*c0_arr);
+  if (whr_arr) whr = c_input<T>(*whr_arr);
   if (bih_arr) bih = c_input<T>(*bih_arr);
   if (bhh_arr) bhh = c_input<T>(*bhh_arr);
-  const int64_t ws_elems = checked_mul(checked_mul(checked_mul(T_, B, "workspace"), H, "workspace"),
-                                       rnn_workspace_per_unit(cell), "workspace");
+  const int64_t ws_elems = checked_mul(checked_mul(T_, B, "workspace"),
+                                       whr ? lstm_proj_workspace_per_row(H, P) : H * rnn_workspace_per_unit(cell),
+                                       "workspace");
   checked_mul(checked_mul(T_, B, "x"), G * H, "x");
-  py::array_t<T> y({T_, B, H});
-  py::array_t<T> h_n({B, H});
+  py::array_t<T> y({T_, B, P});
+  py::array_t<T> h_n({B, P});
   py::object c_n = py::none();
   py::object ws = py::none();
   RnnForwardArgs<T> a{};
@@ -111,6 +127,7 @@ py::tuple forward_impl(RnnCell cell, const py::array& x_arr, const py::array& h0
   a.w_ih = wih.data(), a.w_hh = whh.data(), a.b_ih = bih ? bih->data() : nullptr, a.b_hh = bhh ? bhh->data() : nullptr;
   a.lengths = lengths ? lengths->data() : nullptr;
   a.reverse = reverse;
+  a.w_hr = whr ? whr->data() : nullptr, a.P = P;
   a.y = y.mutable_data(), a.h_n = h_n.mutable_data();
   if (lstm) {
     py::array_t<T> c({B, H});
@@ -135,21 +152,34 @@ py::tuple forward_impl(RnnCell cell, const py::array& x_arr, const py::array& h0
 template <class T>
 py::tuple backward_impl(RnnCell cell, const py::array& dy_arr, const py::array& dhn_arr, const OptArray& dcn_arr,
                         const py::array& x_arr, const py::array& wih_arr, const py::array& whh_arr,
-                        const OptArray& len_arr, bool reverse, const py::array& ws_arr) {
+                        const OptArray& whr_arr, const OptArray& len_arr, bool reverse, const py::array& ws_arr) {
   const DType dt = std::is_same_v<T, float> ? DType::f32 : DType::f64;
-  if (x_arr.ndim() != 3 || whh_arr.ndim() != 2) throw std::invalid_argument("x, w_hh: expected 3-D and 2-D arrays");
-  const int64_t T_ = x_arr.shape(0), B = x_arr.shape(1), I = x_arr.shape(2), H = whh_arr.shape(1);
   const int64_t G = rnn_gates(cell);
+  if (x_arr.ndim() != 3 || wih_arr.ndim() != 2 || wih_arr.shape(0) % G != 0 || wih_arr.shape(0) == 0) {
+    throw std::invalid_argument("x, w_ih: expected a 3-D array and a (G*hidden_size, input_size) matrix");
+  }
+  const int64_t T_ = x_arr.shape(0), B = x_arr.shape(1), I = x_arr.shape(2), H = wih_arr.shape(0) / G;
   const bool lstm = cell == RnnCell::lstm;
+  if (whr_arr && !lstm) throw std::invalid_argument("w_hr: only an LSTM has a projection");
+  int64_t P = H;
+  if (whr_arr) {
+    expect_dtype(*whr_arr, dt, "w_hr", "grad_output");
+    if (whr_arr->ndim() != 2 || whr_arr->shape(1) != H || whr_arr->shape(0) <= 0 || whr_arr->shape(0) >= H) {
+      throw std::invalid_argument("w_hr: expected shape (proj_size, " + std::to_string(H) + "), got " +
+                                  shape_str(*whr_arr));
+    }
+    P = whr_arr->shape(0);
+  }
   for (auto [a, name] : {std::pair{&dhn_arr, "dh_n"}, std::pair{&x_arr, "x"}, std::pair{&wih_arr, "w_ih"},
                          std::pair{&whh_arr, "w_hh"}, std::pair{&ws_arr, "workspace"}}) {
     expect_dtype(*a, dt, name, "grad_output");
   }
-  expect_shape(dy_arr, {T_, B, H}, "dy");
-  expect_shape(dhn_arr, {B, H}, "dh_n");
+  expect_shape(dy_arr, {T_, B, P}, "dy");
+  expect_shape(dhn_arr, {B, P}, "dh_n");
   expect_shape(wih_arr, {G * H, I}, "w_ih");
-  expect_shape(whh_arr, {G * H, H}, "w_hh");
-  expect_shape(ws_arr, {T_ * B * H * rnn_workspace_per_unit(cell)}, "workspace");
+  expect_shape(whh_arr, {G * H, P}, "w_hh");
+  expect_shape(ws_arr, {T_ * B * (whr_arr ? lstm_proj_workspace_per_row(H, P) : H * rnn_workspace_per_unit(cell))},
+               "workspace");
   if (lstm) {
     if (!dcn_arr) throw std::invalid_argument("dc_n: required for an LSTM");
     expect_dtype(*dcn_arr, dt, "dc_n", "grad_output");
@@ -162,10 +192,12 @@ py::tuple backward_impl(RnnCell cell, const py::array& dy_arr, const py::array& 
   auto wih = c_input<T>(wih_arr);
   auto whh = c_input<T>(whh_arr);
   auto ws = c_input<T>(ws_arr);
-  std::optional<CArray<T>> dcn;
+  std::optional<CArray<T>> dcn, whr;
   if (lstm) dcn = c_input<T>(*dcn_arr);
-  py::array_t<T> dx({T_, B, I}), dh0({B, H}), dwih({G * H, I}), dwhh({G * H, H}), dbih({G * H}), dbhh({G * H});
+  if (whr_arr) whr = c_input<T>(*whr_arr);
+  py::array_t<T> dx({T_, B, I}), dh0({B, P}), dwih({G * H, I}), dwhh({G * H, P}), dbih({G * H}), dbhh({G * H});
   py::object dc0 = py::none();
+  py::object dwhr = py::none();
   RnnBackwardArgs<T> a{};
   a.cell = cell, a.steps = T_, a.B = B, a.I = I, a.H = H;
   a.dy = dy.data(), a.dh_n = dhn.data(), a.dc_n = lstm ? dcn->data() : nullptr;
@@ -175,6 +207,11 @@ py::tuple backward_impl(RnnCell cell, const py::array& dy_arr, const py::array& 
   a.ws = ws.data();
   a.dx = dx.mutable_data(), a.dh0 = dh0.mutable_data(), a.dw_ih = dwih.mutable_data(), a.dw_hh = dwhh.mutable_data();
   a.db_ih = dbih.mutable_data(), a.db_hh = dbhh.mutable_data();
+  if (whr) {
+    py::array_t<T> w({P, H});
+    a.w_hr = whr->data(), a.P = P, a.dw_hr = w.mutable_data();
+    dwhr = w;
+  }
   if (lstm) {
     py::array_t<T> c({B, H});
     a.dc0 = c.mutable_data();
@@ -187,7 +224,7 @@ py::tuple backward_impl(RnnCell cell, const py::array& dy_arr, const py::array& 
     if constexpr (std::is_same_v<T, float>) k.backward_f32(a);
     else k.backward_f64(a);
   }
-  return py::make_tuple(dx, dh0, dc0, dwih, dwhh, dbih, dbhh);
+  return py::make_tuple(dx, dh0, dc0, dwih, dwhh, dbih, dbhh, dwhr);
 }
 
 }  // namespace
@@ -199,28 +236,29 @@ SEQBLOCKS_BINDINGS(rnn) {
   m.def(
       "rnn_layer_forward",
       [](int cell, const py::array& x, const py::array& h0, const OptArray& c0, const py::array& w_ih,
-         const py::array& w_hh, const OptArray& b_ih, const OptArray& b_hh, const OptArray& lengths, bool reverse,
-         bool needs_grad) {
+         const py::array& w_hh, const OptArray& b_ih, const OptArray& b_hh, const OptArray& w_hr,
+         const OptArray& lengths, bool reverse, bool needs_grad) {
         const RnnCell c = cell_of(cell);
         return float_dtype_of(x, "x") == DType::f32
-                   ? forward_impl<float>(c, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, needs_grad)
-                   : forward_impl<double>(c, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, needs_grad);
+                   ? forward_impl<float>(c, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, needs_grad)
+                   : forward_impl<double>(c, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, needs_grad);
       },
       py::arg("cell"), py::arg("x").noconvert(), py::arg("h0").noconvert(), py::arg("c0").none(true),
       py::arg("w_ih").noconvert(), py::arg("w_hh").noconvert(), py::arg("b_ih").none(true),
-      py::arg("b_hh").none(true), py::arg("lengths").none(true), py::arg("reverse"), py::arg("needs_grad"),
+      py::arg("b_hh").none(true), py::arg("w_hr").none(true), py::arg("lengths").none(true), py::arg("reverse"), py::arg("needs_grad"),
       "One recurrent layer direction over x (T, B, I) -> (y, h_n, c_n or None, workspace or None)");
   m.def(
       "rnn_layer_backward",
       [](int cell, const py::array& dy, const py::array& dh_n, const OptArray& dc_n, const py::array& x,
-         const py::array& w_ih, const py::array& w_hh, const OptArray& lengths, bool reverse, const py::array& ws) {
+         const py::array& w_ih, const py::array& w_hh, const OptArray& w_hr, const OptArray& lengths, bool reverse,
+         const py::array& ws) {
         const RnnCell c = cell_of(cell);
         return float_dtype_of(dy, "dy") == DType::f32
-                   ? backward_impl<float>(c, dy, dh_n, dc_n, x, w_ih, w_hh, lengths, reverse, ws)
-                   : backward_impl<double>(c, dy, dh_n, dc_n, x, w_ih, w_hh, lengths, reverse, ws);
+                   ? backward_impl<float>(c, dy, dh_n, dc_n, x, w_ih, w_hh, w_hr, lengths, reverse, ws)
+                   : backward_impl<double>(c, dy, dh_n, dc_n, x, w_ih, w_hh, w_hr, lengths, reverse, ws);
       },
       py::arg("cell"), py::arg("dy").noconvert(), py::arg("dh_n").noconvert(), py::arg("dc_n").none(true),
       py::arg("x").noconvert(), py::arg("w_ih").noconvert(), py::arg("w_hh").noconvert(),
-      py::arg("lengths").none(true), py::arg("reverse"), py::arg("ws").noconvert(),
-      "Backward through time -> (dx, dh0, dc0 or None, dw_ih, dw_hh, db_ih, db_hh)");
+      py::arg("w_hr").none(true), py::arg("lengths").none(true), py::arg("reverse"), py::arg("ws").noconvert(),
+      "Backward through time -> (dx, dh0, dc0 or None, dw_ih, dw_hh, db_ih, db_hh, dw_hr or None)");
 }

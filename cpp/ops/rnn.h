@@ -59,6 +59,10 @@ struct RnnForwardArgs {
   T* c_n;  // (B, H), LSTM only
   T* ws;   // workspace or null (inference)
   int nthreads;
+  // LSTM with a projection (proj_size P < H): w_hr (P, H), h' = (o tanh(c')) W_hr^T; then h0, h_n,
+  // y and w_hh's columns have P instead of H. Null: no projection.
+  const T* w_hr = nullptr;
+  int64_t P = 0;
 };
 
 template <class T>
@@ -82,7 +86,14 @@ struct RnnBackwardArgs {
   T* db_ih;     // (G H)
   T* db_hh;     // (G H)
   int nthreads;
+  const T* w_hr = nullptr;  // (P, H) or null, as in RnnForwardArgs
+  int64_t P = 0;
+  T* dw_hr = nullptr;       // (P, H)
 };
+
+// Workspace elements of an LSTM with projection: gates (T, B, 4H), hprev (T, B, P), cprev and
+// tanh(c') (T, B, H) each, and the unprojected h_raw = o tanh(c') (T, B, H).
+static inline int64_t lstm_proj_workspace_per_row(int64_t H, int64_t P) { return 7 * H + P; }
 
 struct RnnKernels {
   void (*forward_f32)(const RnnForwardArgs<float>&);

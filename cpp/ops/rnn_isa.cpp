@@ -279,7 +279,13 @@ void rnn_gates_row(const T* xa, const T* ha, int64_t nj, int64_t j0, bool relu, 
 // ----------------------------------------------------------------------------------- forward
 
 template <class Isa, class T>
+void lstm_proj_forward(const RnnForwardArgs<T>& A);
+template <class Isa, class T>
+void lstm_proj_backward(const RnnBackwardArgs<T>& A);
+
+template <class Isa, class T>
 void rnn_forward(const RnnForwardArgs<T>& A) {
+  if (A.w_hr) return lstm_proj_forward<Isa, T>(A);
   const int64_t T_ = A.steps, B = A.B, I = A.I, H = A.H, G = rnn_gates(A.cell);
   const int64_t GH = G * H;
   const bool lstm = A.cell == RnnCell::lstm, gru = A.cell == RnnCell::gru;
@@ -461,6 +467,7 @@ void zero_units(T* row, int64_t G, int64_t H, int64_t j0, int64_t nj) {
 
 template <class Isa, class T>
 void rnn_backward(const RnnBackwardArgs<T>& A) {
+  if (A.w_hr) return lstm_proj_backward<Isa, T>(A);
   const int64_t T_ = A.steps, B = A.B, I = A.I, H = A.H, G = rnn_gates(A.cell);
   const int64_t GH = G * H;
   const bool lstm = A.cell == RnnCell::lstm, gru = A.cell == RnnCell::gru;
@@ -554,6 +561,210 @@ void rnn_backward(const RnnBackwardArgs<T>& A) {
   } else {
     std::memcpy(A.db_hh, A.db_ih, sizeof(T) * GH);
   }
+}
+
+
+// ------------------------------------------------------------------- LSTM with a projection
+// Per step, two phases with a barrier after each: (A) thread p owns hidden units [lo, hi): its
+// rows of the recurrent product (k = P) and the gates, writing h_raw = o tanh(c') for its units;
+// (B) thread p owns projection columns [qlo, qhi): h'[:, own] = h_raw W_hr^T[:, own]. Backward:
+// (0) d = dh + dy on own columns (kept for dW_hr), (1) dh_raw = d W_hr[:, own units] and the gate
+// gradients, (2) dh[:, own columns] = dA W_hh[:, own columns]; barriers after (0) and (1).
+
+template <class Isa, class T>
+void lstm_proj_forward(const RnnForwardArgs<T>& A) {
+  using V = Vec<Isa, T>;
+  const int64_t T_ = A.steps, B = A.B, I = A.I, H = A.H, P = A.P, G = 4, GH = 4 * H;
+  constexpr int64_t W = V::width;
+  const int nt = rnn_threads<Isa, T>(H, B, G, A.nthreads);
+  std::vector<T> bias_x(static_cast<size_t>(GH), T(0));
+  for (int64_t k = 0; k < GH; ++k) bias_x[k] = (A.b_ih ? A.b_ih[k] : T(0)) + (A.b_hh ? A.b_hh[k] : T(0));
+  auto xa = uninit<T>(T_ * B * GH);
+  gemm_full<Isa, T>(T_ * B, GH, I, A.x, I, false, A.w_ih, I, true, xa.get(), GH,
+                    (A.b_ih || A.b_hh) ? bias_x.data() : nullptr, A.nthreads);
+  std::vector<int64_t> lo(nt), hi(nt), qlo(nt), qhi(nt);
+  for (int p = 0; p < nt; ++p) {
+    thread_slice(H, nt, p, W, &lo[p], &hi[p]);
+    thread_slice(P, nt, p, W, &qlo[p], &qhi[p]);
+  }
+  // W_hh^T (P, 4H) with each thread's gate blocks contiguous (as rnn_forward); W_hr^T (H, P).
+  std::vector<T> wp(static_cast<size_t>(GH * P)), whrT(static_cast<size_t>(H * P));
+  for (int p = 0; p < nt; ++p) {
+    const int64_t nj = hi[p] - lo[p];
+    for (int64_t g = 0; g < G; ++g)
+      for (int64_t jj = 0; jj < nj; ++jj) {
+        const int64_t dst = G * lo[p] + g * nj + jj, src = g * H + lo[p] + jj;
+        for (int64_t kk = 0; kk < P; ++kk) wp[kk * GH + dst] = A.w_hh[src * P + kk];
+      }
+  }
+  for (int64_t q = 0; q < P; ++q)
+    for (int64_t j = 0; j < H; ++j) whrT[j * P + q] = A.w_hr[q * H + j];
+  int64_t max_nj = 0, max_nq = 0;
+  for (int p = 0; p < nt; ++p) {
+    max_nj = std::max(max_nj, hi[p] - lo[p]);
+    max_nq = std::max(max_nq, qhi[p] - qlo[p]);
+  }
+  std::vector<T> ha(static_cast<size_t>(nt * B * G * max_nj)), hq(static_cast<size_t>(nt * B * max_nq));
+  const PackSizes<Isa, T> ps1(B, G * max_nj, P), ps2(B, max_nq, H);
+  const size_t pa = std::max(ps1.a, ps2.a), pb = std::max(ps1.b, ps2.b);
+  std::vector<T> packbuf((pa + pb) * nt + 64);
+  std::vector<T> hbuf(static_cast<size_t>(2 * B * P));
+  std::memcpy(hbuf.data(), A.h0, sizeof(T) * B * P);
+  std::vector<T> cstate(A.c0, A.c0 + B * H);
+  std::vector<T> hraw(static_cast<size_t>(B * H));
+  std::vector<T> ydummy(static_cast<size_t>(nt * H));  // per thread: the gate kernel's unused y row
+  T* ws_g = A.ws;
+  T* ws_hprev = A.ws ? ws_g + T_ * B * GH : nullptr;
+  T* ws_cprev = A.ws ? ws_hprev + T_ * B * P : nullptr;
+  T* ws_tc = A.ws ? ws_cprev + T_ * B * H : nullptr;
+  T* ws_hraw = A.ws ? ws_tc + T_ * B * H : nullptr;
+
+#pragma omp parallel num_threads(nt) if (nt > 1)
+  {
+    DenormalsFlushed flush;
+    const int p = omp_get_thread_num();
+    const int64_t j0 = lo[p], nj = hi[p] - lo[p], q0 = qlo[p], nq = qhi[p] - qlo[p];
+    T* hap = ha.data() + static_cast<size_t>(p) * B * G * max_nj;
+    T* hqp = hq.data() + static_cast<size_t>(p) * B * max_nq;
+    T* abuf = aligned64(packbuf) + (pa + pb) * p;
+    T* bbuf = abuf + pa;
+    for (int64_t s = 0; s < T_; ++s) {
+      const int64_t t = A.reverse ? T_ - 1 - s : s;
+      const T* hcur = hbuf.data() + (s & 1) * B * P;
+      T* hnext = hbuf.data() + ((s + 1) & 1) * B * P;
+      if (nj > 0) {
+        const GemmView<T> v{B, G * nj, P, hcur, P, false, wp.data() + G * j0, GH, false, hap, G * nj, T(1), T(0),
+                            nullptr};
+        gemm_here<Isa, T>(v, abuf, bbuf);
+        for (int64_t b = 0; b < B; ++b) {
+          const int64_t row = t * B + b;
+          if (!row_active(A.lengths, b, t)) {
+            // h_raw of a skipped step is 0 in the workspace (dW_hr multiplies it by d = 0)
+            if (ws_hraw) std::fill(ws_hraw + row * H + j0, ws_hraw + row * H + j0 + nj, T(0));
+            continue;
+          }
+          // the gate kernel with h = h_raw (read and written at own units), y = the workspace copy
+          lstm_gates_row<Isa, T>(xa.get() + row * GH, hap + b * G * nj, H, nj, j0, hraw.data() + b * H,
+                                 hraw.data() + b * H, cstate.data() + b * H,
+                                 ws_hraw ? ws_hraw + row * H : ydummy.data() + p * H, ws_g ? ws_g + row * GH : nullptr,
+                                 nullptr, ws_cprev ? ws_cprev + row * H : nullptr, ws_tc ? ws_tc + row * H : nullptr,
+                                 true);
+        }
+      }
+#pragma omp barrier
+      if (nq > 0) {
+        const GemmView<T> v{B, nq, H, hraw.data(), H, false, whrT.data() + q0, P, false, hqp, nq, T(1), T(0),
+                            nullptr};
+        gemm_here<Isa, T>(v, abuf, bbuf);
+        for (int64_t b = 0; b < B; ++b) {
+          const int64_t row = t * B + b;
+          T* yr = A.y + row * P + q0;
+          const T* hc = hcur + b * P + q0;
+          if (ws_hprev) std::memcpy(ws_hprev + row * P + q0, hc, sizeof(T) * nq);
+          if (row_active(A.lengths, b, t)) {
+            std::memcpy(hnext + b * P + q0, hqp + b * nq, sizeof(T) * nq);
+            std::memcpy(yr, hqp + b * nq, sizeof(T) * nq);
+          } else {
+            std::memcpy(hnext + b * P + q0, hc, sizeof(T) * nq);
+            std::fill(yr, yr + nq, T(0));
+          }
+        }
+      }
+#pragma omp barrier
+    }
+  }
+  std::memcpy(A.h_n, hbuf.data() + (T_ & 1) * B * P, sizeof(T) * B * P);
+  std::memcpy(A.c_n, cstate.data(), sizeof(T) * B * H);
+}
+
+template <class Isa, class T>
+void lstm_proj_backward(const RnnBackwardArgs<T>& A) {
+  const int64_t T_ = A.steps, B = A.B, I = A.I, H = A.H, P = A.P, G = 4, GH = 4 * H;
+  constexpr int64_t W = Vec<Isa, T>::width;
+  const int nt = rnn_threads<Isa, T>(H, B, G, A.nthreads);
+  const T* ws_g = A.ws;
+  const T* ws_hprev = ws_g + T_ * B * GH;
+  const T* ws_cprev = ws_hprev + T_ * B * P;
+  const T* ws_tc = ws_cprev + T_ * B * H;
+  const T* ws_hraw = ws_tc + T_ * B * H;
+  auto da = uninit<T>(T_ * B * GH);
+  auto dseq = uninit<T>(T_ * B * P);  // d = dh + dy per step (0 on inactive rows), for dW_hr
+  std::vector<T> dh(A.dh_n, A.dh_n + B * P);
+  std::vector<T> dc(A.dc_n, A.dc_n + B * H);
+  std::vector<int64_t> lo(nt), hi(nt), qlo(nt), qhi(nt);
+  for (int p = 0; p < nt; ++p) {
+    thread_slice(H, nt, p, W, &lo[p], &hi[p]);
+    thread_slice(P, nt, p, W, &qlo[p], &qhi[p]);
+  }
+  int64_t max_nj = 0, max_nq = 0;
+  for (int p = 0; p < nt; ++p) {
+    max_nj = std::max(max_nj, hi[p] - lo[p]);
+    max_nq = std::max(max_nq, qhi[p] - qlo[p]);
+  }
+  std::vector<T> draw(static_cast<size_t>(B * H)), tq(static_cast<size_t>(nt * B * max_nq));  // dh_raw
+  std::vector<T> zeros(static_cast<size_t>(H), T(0));
+  const PackSizes<Isa, T> ps1(B, max_nj, P), ps2(B, max_nq, GH);
+  const size_t pa = std::max(ps1.a, ps2.a), pb = std::max(ps1.b, ps2.b);
+  std::vector<T> packbuf((pa + pb) * nt + 64);
+
+#pragma omp parallel num_threads(nt) if (nt > 1)
+  {
+    DenormalsFlushed flush;
+    const int p = omp_get_thread_num();
+    const int64_t j0 = lo[p], nj = hi[p] - lo[p], q0 = qlo[p], nq = qhi[p] - qlo[p];
+    T* tqp = tq.data() + static_cast<size_t>(p) * B * max_nq;
+    T* abuf = aligned64(packbuf) + (pa + pb) * p;
+    T* bbuf = abuf + pa;
+    for (int64_t s = T_ - 1; s >= 0; --s) {
+      const int64_t t = A.reverse ? T_ - 1 - s : s;
+      for (int64_t b = 0; b < B && nq > 0; ++b) {  // (0) d on own columns
+        T* d = dseq.get() + (t * B + b) * P + q0;
+        if (row_active(A.lengths, b, t)) {
+          const T* dyr = A.dy + (t * B + b) * P + q0;
+          const T* dhr = dh.data() + b * P + q0;
+          for (int64_t q = 0; q < nq; ++q) d[q] = dhr[q] + dyr[q];
+        } else {
+          std::fill(d, d + nq, T(0));
+        }
+      }
+#pragma omp barrier
+      if (nj > 0) {  // (1) dh_raw (B, own units) = d (B, P) W_hr[:, own]; gate gradients
+        const GemmView<T> v{B, nj, P, dseq.get() + t * B * P, P, false, A.w_hr + j0, H, false, draw.data() + j0, H,
+                            T(1), T(0), nullptr};
+        gemm_here<Isa, T>(v, abuf, bbuf);
+        for (int64_t b = 0; b < B; ++b) {
+          const int64_t row = t * B + b;
+          T* dar = da.get() + row * GH;
+          if (!row_active(A.lengths, b, t)) {
+            zero_units<Isa, T>(dar, G, H, j0, nj);
+            continue;
+          }
+          // lstm_grad_row takes d = dh + dy at its units: here dh_raw + 0
+          lstm_grad_row<Isa, T>(zeros.data(), draw.data() + b * H, dc.data() + b * H, ws_g + row * GH,
+                                ws_cprev + row * H, ws_tc + row * H, H, nj, j0, dar);
+        }
+      }
+#pragma omp barrier
+      if (nq > 0) {  // (2) dh[:, own columns] = dA (B, 4H) W_hh[:, own columns]
+        const GemmView<T> v{B, nq, GH, da.get() + t * B * GH, GH, false, A.w_hh + q0, P, false, tqp, nq, T(1),
+                            T(0), nullptr};
+        gemm_here<Isa, T>(v, abuf, bbuf);
+        for (int64_t b = 0; b < B; ++b) {
+          if (row_active(A.lengths, b, t)) std::memcpy(dh.data() + b * P + q0, tqp + b * nq, sizeof(T) * nq);
+        }
+      }
+      // (0) of the next step touches only own columns of dh and another time row of dseq.
+    }
+  }
+  std::memcpy(A.dh0, dh.data(), sizeof(T) * B * P);
+  std::memcpy(A.dc0, dc.data(), sizeof(T) * B * H);
+  const int64_t R = T_ * B;
+  gemm_full<Isa, T>(R, I, GH, da.get(), GH, false, A.w_ih, I, false, A.dx, I, nullptr, A.nthreads);
+  gemm_full<Isa, T>(GH, I, R, da.get(), GH, true, A.x, I, false, A.dw_ih, I, nullptr, A.nthreads);
+  gemm_full<Isa, T>(GH, P, R, da.get(), GH, true, ws_hprev, P, false, A.dw_hh, P, nullptr, A.nthreads);
+  gemm_full<Isa, T>(P, H, R, dseq.get(), P, true, ws_hraw, H, false, A.dw_hr, H, nullptr, A.nthreads);
+  column_sums<Isa, T>(da.get(), R, GH, A.db_ih, A.nthreads);
+  std::memcpy(A.db_hh, A.db_ih, sizeof(T) * GH);
 }
 
 }  // namespace

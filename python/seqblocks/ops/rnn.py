@@ -106,20 +106,22 @@ def _c(a):
 _CELL = {"lstm": 0, "gru": 1, "rnn_tanh": 2, "rnn_relu": 3}
 
 
-def _native_forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, needs_grad):
+def _native_forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, needs_grad, w_hr=None):
     """The C++ kernel of ``cell`` (states default to zeros); returns the outputs and the workspace."""
     T, B, _ = x.shape
-    H = w_hh.shape[1]
-    h0c = np.zeros((B, H), x.dtype) if h0 is None else _c(h0)
+    H = w_ih.shape[0] // {"lstm": 4, "gru": 3}.get(cell, 1)
+    Ho = H if w_hr is None else w_hr.shape[0]
+    h0c = np.zeros((B, Ho), x.dtype) if h0 is None else _c(h0)
     c0c = (np.zeros((B, H), x.dtype) if c0 is None else _c(c0)) if cell == "lstm" else None
     y, h_n, c_n, ws = _core.rnn_layer_forward(_CELL[cell], _c(x), h0c, c0c, _c(w_ih), _c(w_hh), _c(b_ih), _c(b_hh),
-                                              lengths, bool(reverse), bool(needs_grad))
+                                              _c(w_hr), lengths, bool(reverse), bool(needs_grad))
     out = (y, h_n, c_n) if cell == "lstm" else (y, h_n)
     if not needs_grad:
         return out, None
     op = "lstm_layer" if cell == "lstm" else "gru_layer" if cell == "gru" else "rnn_layer"
     return out, {"op": op, "backend": "native", "cell": cell, "x": x, "w_ih": _c(w_ih), "w_hh": _c(w_hh),
-                 "lengths": lengths, "reverse": bool(reverse), "ws": ws, "dtype": x.dtype, "H": H, "Ho": H,
+                 "w_hr": _c(w_hr), "lengths": lengths, "reverse": bool(reverse), "ws": ws, "dtype": x.dtype, "H": H,
+                 "Ho": Ho,
                  "has": (h0 is not None, c0 is not None, b_ih is not None, b_hh is not None)}
 
 
@@ -127,12 +129,13 @@ def _native_backward(grads, ws):
     cell = ws["cell"]
     dy, dh_n = grads[0], grads[1]
     dc_n = grads[2] if cell == "lstm" else None
-    dx, dh0, dc0, dwi, dwh, dbi, dbh = _core.rnn_layer_backward(_CELL[cell], dy, dh_n, dc_n, _c(ws["x"]), ws["w_ih"],
-                                                                ws["w_hh"], ws["lengths"], ws["reverse"], ws["ws"])
+    dx, dh0, dc0, dwi, dwh, dbi, dbh, dwr = _core.rnn_layer_backward(
+        _CELL[cell], dy, dh_n, dc_n, _c(ws["x"]), ws["w_ih"], ws["w_hh"], ws["w_hr"], ws["lengths"], ws["reverse"],
+        ws["ws"])
     has_h0, has_c0, has_bi, has_bh = ws["has"]
     head = (dx, dh0 if has_h0 else None) + ((dc0 if has_c0 else None,) if cell == "lstm" else ())
     tail = (dwi, dwh, dbi if has_bi else None, dbh if has_bh else None)
-    return head + tail + ((None,) if cell == "lstm" else ())
+    return head + tail + ((dwr,) if cell == "lstm" else ())
 
 
 def _use_native(x) -> bool:
@@ -146,12 +149,12 @@ def lstm_layer_forward(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, w_hr=None, l
                        *, needs_grad=True):
     """One LSTM layer direction over x (T, B, I) -> ((y (T, B, H_out), h_n (B, H_out), c_n (B, H)), ws).
 
-    Native kernels cover proj_size == 0 (w_hr None); with a projection the reference runs.
+    With ``w_hr`` (proj_size > 0) the native kernel adds a projection phase (a second barrier) per step.
     """
     x, (h0, c0), w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse = _check_forward(
         "lstm", x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse)
-    if _use_native(x) and w_hr is None:
-        return _native_forward("lstm", x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, needs_grad)
+    if _use_native(x):
+        return _native_forward("lstm", x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, needs_grad, w_hr)
     return reference.lstm_layer_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse,
                                         needs_grad=needs_grad)
 
