@@ -130,6 +130,29 @@ register(OpCheck("sdpa(mask,dropout)", "sdpa",
                                 r.random((33, 65)) < 0.7), dict(dropout_p=0.2, seed=99)),
                  2 * sum_factor(65)))
 
+# Recurrent layers (T=7, B=3, I=17, H=33, mixed lengths): every step sums I + H + 2 products and a
+# step's rounding error is carried through up to T steps (tests/test_rnn_ops.py, `tolerance`);
+# weight gradients add T * B such terms.
+def _rnn_args(r, d, G, lstm=False):
+    T, B, I, H = 7, 3, 17, 33
+    k = 1 / math.sqrt(H)
+    states = (_n(r, (B, H), d), _n(r, (B, H), d)) if lstm else (_n(r, (B, H), d),)
+    weights = (_u(r, (G * H, I), d, -k, k), _u(r, (G * H, H), d, -k, k), _u(r, (G * H,), d, -k, k),
+               _u(r, (G * H,), d, -k, k))
+    return (_n(r, (T, B, I), d),) + states + weights + ((None,) if lstm else ())
+
+
+_RNN_FACTOR = sum_factor(17 + 33 + 2) * 8
+_RNN_LENGTHS = np.array([7, 1, 4])
+register(OpCheck("lstm_layer", "lstm_layer",
+                 lambda r, d: (_rnn_args(r, d, 4, lstm=True), dict(lengths=_RNN_LENGTHS, reverse=True)),
+                 _RNN_FACTOR, grad_factor=_RNN_FACTOR * sum_factor(21)))
+register(OpCheck("gru_layer", "gru_layer", lambda r, d: (_rnn_args(r, d, 3), dict(lengths=_RNN_LENGTHS)),
+                 _RNN_FACTOR, grad_factor=_RNN_FACTOR * sum_factor(21)))
+register(OpCheck("rnn_layer", "rnn_layer", lambda r, d: (_rnn_args(r, d, 1), dict(lengths=_RNN_LENGTHS)),
+                 _RNN_FACTOR, grad_factor=_RNN_FACTOR * sum_factor(21)))
+
+
 def _pointwise_grad(grad_out, expected):
     # d/dx of tanh, sigmoid and gelu is computed as a difference of O(1) terms times g
     # (1 - y*y, y - y*y, Phi + x*phi): its rounding error scales with |g|, not with the result.
@@ -187,10 +210,18 @@ def _run(check: OpCheck, module, args, kwargs, grad_out=None):
         fwd(*args, **kwargs)
         return tuple(args[i] for i in check.mutated), None
     out, ws = fwd(*args, **kwargs)
+    outs = out if isinstance(out, tuple) else (out,)  # multi-output pairs (recurrent layers)
     grads = None
     if grad_out is not None:
-        grads = tuple(bwd(grad_out.astype(out.dtype), ws))
-    return (out,), grads
+        grads = tuple(bwd(_cast_grad(grad_out, outs[0].dtype), ws))
+    return outs, grads
+
+
+def _cast_grad(grad_out, dtype):
+    """grad_out (one array, or a tuple for a multi-output pair) in the forward's dtype."""
+    if isinstance(grad_out, tuple):
+        return tuple(g.astype(dtype) for g in grad_out)
+    return grad_out.astype(dtype)
 
 
 def _errors(actual, expected, factor, dtype, magnitude=None):
@@ -255,7 +286,9 @@ def _compare(names, dtypes, isas, backends, timing, seed) -> list[Row]:
             grad_out = None
             expected_grads = None
             if check.kind == "pair":
-                grad_out = np.random.default_rng(seed + 1).standard_normal(expected_outs[0].shape)
+                grng = np.random.default_rng(seed + 1)
+                grad_out = grng.standard_normal(expected_outs[0].shape) if len(expected_outs) == 1 else \
+                    tuple(grng.standard_normal(o.shape) for o in expected_outs)
                 _, expected_grads = _run(check, reference, args64, kwargs, grad_out)
             impls = []
             if "numpy" in backends:
@@ -273,7 +306,7 @@ def _compare(names, dtypes, isas, backends, timing, seed) -> list[Row]:
                         if timing and grads is not None:
                             fwd, bwd = _functions(check, ops)
                             _, ws = fwd(*args, **kwargs)
-                            g = grad_out.astype(outs[0].dtype)
+                            g = _cast_grad(grad_out, outs[0].dtype)
                             bwd_elapsed = _time(lambda: bwd(g, ws))
                 except Exception as exc:  # noqa: BLE001 - reported as a row
                     rows.append(Row(check.name, direction, dtype.name, label, status="error",

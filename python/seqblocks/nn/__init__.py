@@ -8,8 +8,9 @@ from .layers import (CrossEntropyLoss, Dropout, Embedding, GELU, Identity, Layer
                      ReLU, Sigmoid, Softmax, Tanh)
 from .module import Module, Parameter
 from .seq2seq_attention import AdditiveAttention, CosineAttention, DotAttention, GeneralAttention
+from .rnn import GRU, GRUCell, LSTM, LSTMCell, RNN, RNNCell
 
 __all__ = ["AdditiveAttention", "CosineAttention", "CrossEntropyLoss", "DotAttention", "Dropout", "Embedding", "GELU",
-           "GeneralAttention", "Identity", "LayerNorm", "Linear", "LogSoftmax", "Module", "ModuleList",
-           "MultiheadAttention", "Parameter", "ReLU", "Sequential", "Sigmoid", "Softmax", "Tanh", "functional", "init",
-           "utils"]
+           "GRU", "GRUCell", "GeneralAttention", "Identity", "LSTM", "LSTMCell", "LayerNorm", "Linear", "LogSoftmax",
+           "Module", "ModuleList", "MultiheadAttention", "Parameter", "RNN", "RNNCell", "ReLU", "Sequential",
+           "Sigmoid", "Softmax", "Tanh", "functional", "init", "utils"]

@@ -26,3 +26,9 @@ __all__ += ["add_backward", "add_forward", "adam_step_", "dropout_backward", "dr
 from .attention import additive_scores_backward, additive_scores_forward, sdpa_backward, sdpa_forward
 
 __all__ += ["additive_scores_backward", "additive_scores_forward", "sdpa_backward", "sdpa_forward"]
+
+from .rnn import (gru_layer_backward, gru_layer_forward, lstm_layer_backward, lstm_layer_forward, rnn_layer_backward,
+                  rnn_layer_forward)
+
+__all__ += ["gru_layer_backward", "gru_layer_forward", "lstm_layer_backward", "lstm_layer_forward",
+            "rnn_layer_backward", "rnn_layer_forward"]

@@ -1,0 +1,783 @@
+// Recurrent layer kernels per ISA (see rnn.h for the math, shapes and the work split).
+#include <omp.h>
+
+#include <algorithm>
+#include <cstring>
+#include <memory>
+#include <vector>
+
+#include "ops/parallel.h"
+#include "ops/rnn.h"
+#include "runtime/denormals.h"
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#include "gemm/gemm.h"
+#include "math/tanh_sigmoid.h"
+#include "runtime/isa_target.h"
+#pragma GCC diagnostic pop
+
+namespace seqblocks {
+namespace {
+
+// c (m x n) = a (m x k, row stride lda) @ b (k x n, row stride ldb) (+ bias) for a few rows m:
+// the GEMV-like shape of a recurrent step at batch 1..4, which the blocked GEMM serves poorly.
+// Vectors run along n (NV of them per block), every row of a is broadcast, and the R rows share
+// each load of b.
+template <class Isa, class T, int R>
+void few_rows_gemm(int64_t n, int64_t k, const T* a, int64_t lda, const T* b, int64_t ldb, T* c, int64_t ldc,
+                   const T* bias) {
+  using V = Vec<Isa, T>;
+  using Reg = typename V::reg;
+  constexpr int64_t W = V::width;
+  constexpr int NV = R == 1 ? 8 : 4;  // enough independent FMA chains to hide the latency
+  int64_t j = 0;
+  for (; j + NV * W <= n; j += NV * W) {
+    Reg acc[R][NV];
+    for (int r = 0; r < R; ++r)
+      for (int v = 0; v < NV; ++v) acc[r][v] = bias ? V::load(bias + j + v * W) : V::zero();
+    for (int64_t kk = 0; kk < k; ++kk) {
+      const T* bk = b + kk * ldb + j;
+      Reg bv[NV];
+      for (int v = 0; v < NV; ++v) bv[v] = V::load(bk + v * W);
+      for (int r = 0; r < R; ++r) {
+        const Reg av = V::set1(a[r * lda + kk]);
+        for (int v = 0; v < NV; ++v) acc[r][v] = V::fmadd(av, bv[v], acc[r][v]);
+      }
+    }
+    for (int r = 0; r < R; ++r)
+      for (int v = 0; v < NV; ++v) V::store(c + r * ldc + j + v * W, acc[r][v]);
+  }
+  for (; j < n; j += W) {
+    const int t = static_cast<int>(std::min<int64_t>(W, n - j));
+    Reg acc[R];
+    for (int r = 0; r < R; ++r) acc[r] = bias ? V::load_tail(bias + j, t) : V::zero();
+    for (int64_t kk = 0; kk < k; ++kk) {
+      const Reg bv = V::load_tail(b + kk * ldb + j, t);
+      for (int r = 0; r < R; ++r) acc[r] = V::fmadd(V::set1(a[r * lda + kk]), bv, acc[r]);
+    }
+    for (int r = 0; r < R; ++r) V::store_tail(c + r * ldc + j, acc[r], t);
+  }
+}
+
+// One GEMM on the calling thread only (inside our parallel region): few rows -> few_rows_gemm;
+// else the dot path where the driver would take it, or the packed path with this thread's own
+// buffers (sized beforehand).
+template <class Isa, class T>
+void gemm_here(const GemmView<T>& v, T* abuf, T* bbuf) {
+  if (v.m <= 0 || v.n <= 0) return;
+  const bool plain = !v.trans_a && !v.trans_b && v.beta == T(0) && v.alpha == T(1);
+  constexpr int64_t MR = GemmTraits<Isa, T>::MR;
+  // Rows past the last whole micro-panel would fill a mostly empty MR-row tile (32 = 14 + 14 + 4
+  // on avx512): the blocked kernel takes the whole panels, few_rows_gemm the rest.
+  const int64_t rest = v.m <= 4 ? v.m : (v.m > MR && v.m % MR <= 8 ? v.m % MR : 0);
+  if (plain && rest > 0) {
+    if (v.m > rest) {
+      GemmView<T> head = v;
+      head.m = v.m - rest;
+      gemm_packed<Isa, T>(head, abuf, bbuf);
+    }
+    int64_t i = v.m - rest;
+    for (; i + 4 <= v.m; i += 4)
+      few_rows_gemm<Isa, T, 4>(v.n, v.k, v.a + i * v.lda, v.lda, v.b, v.ldb, v.c + i * v.ldc, v.ldc, v.bias);
+    for (; i + 2 <= v.m; i += 2)
+      few_rows_gemm<Isa, T, 2>(v.n, v.k, v.a + i * v.lda, v.lda, v.b, v.ldb, v.c + i * v.ldc, v.ldc, v.bias);
+    if (i < v.m) few_rows_gemm<Isa, T, 1>(v.n, v.k, v.a + i * v.lda, v.lda, v.b, v.ldb, v.c + i * v.ldc, v.ldc, v.bias);
+    return;
+  }
+  GemmProblem<T> p;
+  p.m = v.m, p.n = v.n, p.k = v.k, p.trans_a = v.trans_a, p.trans_b = v.trans_b;
+  switch (gemm_choose_path<Isa, T>(p)) {
+    case GemmPath::empty_k:
+      gemm_empty_k(v);
+      break;
+    case GemmPath::dot:
+      dot_gemm<Isa, T>(v.m, v.n, v.k, v.a, v.lda, v.b, v.ldb, v.c, v.ldc, v.alpha, v.beta, v.bias);
+      break;
+    case GemmPath::packed:
+      gemm_packed<Isa, T>(v, abuf, bbuf);
+      break;
+  }
+}
+
+// C = op(A) op(B) (+ bias) with the driver's own threading (outside our region).
+template <class Isa, class T>
+void gemm_full(int64_t m, int64_t n, int64_t k, const T* a, int64_t lda, bool ta, const T* b, int64_t ldb, bool tb,
+               T* c, int64_t ldc, const T* bias, int nt) {
+  GemmProblem<T> p;
+  p.m = m, p.n = n, p.k = k, p.a = a, p.lda = lda, p.trans_a = ta, p.b = b, p.ldb = ldb, p.trans_b = tb;
+  p.c = c, p.ldc = ldc, p.bias = bias, p.nthreads = nt;
+  gemm<Isa, T>(p);
+}
+
+// A 64-byte aligned pointer into `buf` (which has 64 spare elements).
+template <class T>
+T* aligned64(std::vector<T>& buf) {
+  const uintptr_t a = reinterpret_cast<uintptr_t>(buf.data());
+  return reinterpret_cast<T*>((a + 63) & ~uintptr_t(63));
+}
+
+// A buffer left uninitialised (every element is written before it is read): a value-initialised
+// std::vector would clear megabytes per call for nothing.
+template <class T>
+std::unique_ptr<T[]> uninit(int64_t n) {
+  return std::unique_ptr<T[]>(new T[static_cast<size_t>(n)]);
+}
+
+static inline bool row_active(const int64_t* lengths, int64_t b, int64_t t) {
+  return lengths == nullptr || t < lengths[b];
+}
+
+// Thread p of nt owns hidden units [lo, hi): slices in whole vectors; threads that would get no
+// vector are not started.
+template <class Isa, class T>
+int rnn_threads(int64_t H, int64_t B, int64_t G, int nthreads) {
+  constexpr int64_t W = Vec<Isa, T>::width;
+  const int64_t blocks = (H + W - 1) / W;
+  // One step must carry enough multiply-adds to pay for a barrier: below 2^16 (about 2 us on one
+  // core) a second thread loses more at the barrier than it saves (measured, OMP_WAIT_POLICY both
+  // ways, LSTM B=1 H=128: 2 threads win by ~15% with spinning, lose by ~30% with passive waits).
+  const int64_t macs = B * G * H * H;
+  int nt = static_cast<int>(std::min<int64_t>(nthreads, blocks));
+  if (macs < 64 * 1024) nt = 1;
+  return std::max(1, nt);
+}
+
+// Column sums of a (rows x n) row-major matrix into out (n): rows added in order per column, so
+// the result does not depend on the thread count.
+template <class Isa, class T>
+void column_sums(const T* a, int64_t rows, int64_t n, T* out, int nthreads) {
+  using V = Vec<Isa, T>;
+  constexpr int64_t W = V::width;
+  const int nt = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(nthreads, (rows * n) / 65536 + 1)));
+#pragma omp parallel num_threads(nt) if (nt > 1)
+  {
+    DenormalsFlushed flush;
+    int64_t lo, hi;
+    thread_slice(n, omp_get_num_threads(), omp_get_thread_num(), W, &lo, &hi);
+    for (int64_t j = lo; j < hi; j += W) {
+      const int tail = static_cast<int>(std::min<int64_t>(W, hi - j));
+      auto acc = V::zero();
+      if (tail == W) {
+        for (int64_t r = 0; r < rows; ++r) acc = V::add(acc, V::load(a + r * n + j));
+        V::store(out + j, acc);
+      } else {
+        for (int64_t r = 0; r < rows; ++r) acc = V::add(acc, V::load_tail(a + r * n + j, tail));
+        V::store_tail(out + j, acc, tail);
+      }
+    }
+  }
+}
+
+// ------------------------------------------------------------------------------ fused gate kernels
+// Per row b, units j = j0 + jj (jj < nj) in vectors of W with a masked tail. `xa` is the row of
+// the input projection (G H, gate blocks of H), `ha` the row of this thread's recurrent product
+// (G nj, gate blocks of nj).
+
+template <class Isa, class T>
+struct Lanes {
+  using V = Vec<Isa, T>;
+  using R = typename V::reg;
+  int n;  // lanes in use (W for full vectors)
+  R ld(const T* p) const { return n == V::width ? V::load(p) : V::load_tail(p, n); }
+  void st(T* p, R v) const {
+    if (n == V::width) V::store(p, v);
+    else V::store_tail(p, v, n);
+  }
+};
+
+template <class Isa, class T>
+void lstm_gates_row(const T* xa, const T* ha, int64_t H, int64_t nj, int64_t j0, const T* hcur, T* hnext, T* c,
+                    T* y, T* ws_g, T* ws_hprev, T* ws_cprev, T* ws_tc, bool active) {
+  using V = Vec<Isa, T>;
+  constexpr int64_t W = V::width;
+  for (int64_t jj = 0; jj < nj; jj += W) {
+    const Lanes<Isa, T> L{static_cast<int>(std::min<int64_t>(W, nj - jj))};
+    const int64_t j = j0 + jj;
+    const auto hp = L.ld(hcur + j);
+    if (ws_hprev) L.st(ws_hprev + j, hp);
+    if (!active) {
+      L.st(hnext + j, hp);
+      L.st(y + j, V::zero());
+      continue;
+    }
+    const auto i = math::sigmoid<Isa, T>(V::add(L.ld(xa + j), L.ld(ha + jj)));
+    const auto f = math::sigmoid<Isa, T>(V::add(L.ld(xa + H + j), L.ld(ha + nj + jj)));
+    const auto g = math::tanh<Isa, T>(V::add(L.ld(xa + 2 * H + j), L.ld(ha + 2 * nj + jj)));
+    const auto o = math::sigmoid<Isa, T>(V::add(L.ld(xa + 3 * H + j), L.ld(ha + 3 * nj + jj)));
+    const auto cp = L.ld(c + j);
+    const auto cn = V::fmadd(f, cp, V::mul(i, g));
+    const auto tc = math::tanh<Isa, T>(cn);
+    const auto hn = V::mul(o, tc);
+    L.st(c + j, cn);
+    L.st(hnext + j, hn);
+    L.st(y + j, hn);
+    if (ws_g) {
+      L.st(ws_g + j, i);
+      L.st(ws_g + H + j, f);
+      L.st(ws_g + 2 * H + j, g);
+      L.st(ws_g + 3 * H + j, o);
+      L.st(ws_cprev + j, cp);
+      L.st(ws_tc + j, tc);
+    }
+  }
+}
+
+template <class Isa, class T>
+void gru_gates_row(const T* xa, const T* ha, int64_t H, int64_t nj, int64_t j0, const T* hcur, T* hnext, T* y,
+                   T* ws_g, T* ws_hprev, bool active) {
+  using V = Vec<Isa, T>;
+  constexpr int64_t W = V::width;
+  for (int64_t jj = 0; jj < nj; jj += W) {
+    const Lanes<Isa, T> L{static_cast<int>(std::min<int64_t>(W, nj - jj))};
+    const int64_t j = j0 + jj;
+    const auto hp = L.ld(hcur + j);
+    if (ws_hprev) L.st(ws_hprev + j, hp);
+    if (!active) {
+      L.st(hnext + j, hp);
+      L.st(y + j, V::zero());
+      continue;
+    }
+    const auto r = math::sigmoid<Isa, T>(V::add(L.ld(xa + j), L.ld(ha + jj)));
+    const auto z = math::sigmoid<Isa, T>(V::add(L.ld(xa + H + j), L.ld(ha + nj + jj)));
+    const auto hn_part = L.ld(ha + 2 * nj + jj);
+    const auto n = math::tanh<Isa, T>(V::fmadd(r, hn_part, L.ld(xa + 2 * H + j)));
+    const auto hn = V::fmadd(z, V::sub(hp, n), n);  // (1 - z) n + z h
+    L.st(hnext + j, hn);
+    L.st(y + j, hn);
+    if (ws_g) {
+      L.st(ws_g + j, r);
+      L.st(ws_g + H + j, z);
+      L.st(ws_g + 2 * H + j, n);
+      L.st(ws_g + 3 * H + j, hn_part);
+    }
+  }
+}
+
+template <class Isa, class T>
+void rnn_gates_row(const T* xa, const T* ha, int64_t nj, int64_t j0, bool relu, const T* hcur, T* hnext, T* y,
+                   T* ws_g, T* ws_hprev, bool active) {
+  using V = Vec<Isa, T>;
+  constexpr int64_t W = V::width;
+  for (int64_t jj = 0; jj < nj; jj += W) {
+    const Lanes<Isa, T> L{static_cast<int>(std::min<int64_t>(W, nj - jj))};
+    const int64_t j = j0 + jj;
+    const auto hp = L.ld(hcur + j);
+    if (ws_hprev) L.st(ws_hprev + j, hp);
+    if (!active) {
+      L.st(hnext + j, hp);
+      L.st(y + j, V::zero());
+      continue;
+    }
+    const auto a = V::add(L.ld(xa + j), L.ld(ha + jj));
+    const auto hn = relu ? V::max(V::zero(), a) : math::tanh<Isa, T>(a);
+    L.st(hnext + j, hn);
+    L.st(y + j, hn);
+    if (ws_g) L.st(ws_g + j, hn);
+  }
+}
+
+// ----------------------------------------------------------------------------------- forward
+
+template <class Isa, class T>
+void lstm_proj_forward(const RnnForwardArgs<T>& A);
+template <class Isa, class T>
+void lstm_proj_backward(const RnnBackwardArgs<T>& A);
+
+template <class Isa, class T>
+void rnn_forward(const RnnForwardArgs<T>& A) {
+  if (A.w_hr) return lstm_proj_forward<Isa, T>(A);
+  const int64_t T_ = A.steps, B = A.B, I = A.I, H = A.H, G = rnn_gates(A.cell);
+  const int64_t GH = G * H;
+  const bool lstm = A.cell == RnnCell::lstm, gru = A.cell == RnnCell::gru;
+  const bool relu = A.cell == RnnCell::rnn_relu;
+  const int nt = rnn_threads<Isa, T>(H, B, G, A.nthreads);
+  constexpr int64_t W = Vec<Isa, T>::width;
+
+  // Input projection of all steps: xa (T B, G H) = x W_ih^T + bias (GRU: b_ih only; b_hh stays
+  // inside the recurrent product because of r * (W_hn h + b_hn)).
+  auto xa = uninit<T>(T_ * B * GH);
+  std::vector<T> bias_x(static_cast<size_t>(GH), T(0));
+  std::vector<T> bias_h(static_cast<size_t>(GH), T(0));
+  const bool any_bias = A.b_ih || A.b_hh;
+  for (int64_t k = 0; k < GH; ++k) {
+    const T bi = A.b_ih ? A.b_ih[k] : T(0), bh = A.b_hh ? A.b_hh[k] : T(0);
+    if (gru) {
+      bias_x[k] = bi;
+      bias_h[k] = bh;
+    } else {
+      bias_x[k] = bi + bh;
+    }
+  }
+  gemm_full<Isa, T>(T_ * B, GH, I, A.x, I, false, A.w_ih, I, true, xa.get(), GH, any_bias ? bias_x.data() : nullptr,
+                    A.nthreads);
+
+  // Thread slices of the hidden units and W_hh^T (H, G H) with its columns permuted so each
+  // slice's G gate blocks are contiguous: column G lo + g nj + jj of wp is row g H + lo + jj of
+  // W_hh. (The step GEMM then reads B = W_hh^T row-major, the fast layout of the kernels.)
+  std::vector<int64_t> lo(nt), hi(nt);
+  for (int p = 0; p < nt; ++p) thread_slice(H, nt, p, W, &lo[p], &hi[p]);
+  std::vector<T> wp(static_cast<size_t>(GH * H));
+  std::vector<T> bp(static_cast<size_t>(GH));
+  std::vector<int64_t> src_of(static_cast<size_t>(GH));  // wp column -> W_hh row
+  for (int p = 0; p < nt; ++p) {
+    const int64_t nj = hi[p] - lo[p];
+    for (int64_t g = 0; g < G; ++g) {
+      for (int64_t jj = 0; jj < nj; ++jj) {
+        const int64_t dst = G * lo[p] + g * nj + jj, src = g * H + lo[p] + jj;
+        src_of[dst] = src;
+        bp[dst] = bias_h[src];
+      }
+    }
+  }
+  constexpr int64_t TB = 16;  // transpose in 16 x 16 tiles (strided writes of whole rows miss the cache)
+  for (int64_t d0 = 0; d0 < GH; d0 += TB) {
+    for (int64_t k0 = 0; k0 < H; k0 += TB) {
+      for (int64_t kk = k0; kk < std::min(H, k0 + TB); ++kk) {
+        for (int64_t d = d0; d < std::min(GH, d0 + TB); ++d) wp[kk * GH + d] = A.w_hh[src_of[d] * H + kk];
+      }
+    }
+  }
+  int64_t max_nj = 0;
+  for (int p = 0; p < nt; ++p) max_nj = std::max(max_nj, hi[p] - lo[p]);
+  std::vector<T> ha(static_cast<size_t>(nt * B * G * max_nj));
+  const PackSizes<Isa, T> ps(B, G * max_nj, H);
+  std::vector<T> packbuf((ps.a + ps.b) * nt + 64);
+  std::vector<T> hbuf(static_cast<size_t>(2 * B * H));
+  std::memcpy(hbuf.data(), A.h0, sizeof(T) * B * H);
+  std::vector<T> cstate;
+  if (lstm) cstate.assign(A.c0, A.c0 + B * H);
+  const int64_t S = rnn_workspace_per_unit(A.cell) - 1 - (lstm ? 2 : 0);  // gate slots in ws
+  T* ws_g = A.ws;
+  T* ws_hprev = A.ws ? A.ws + T_ * B * S * H : nullptr;
+  T* ws_cprev = A.ws && lstm ? ws_hprev + T_ * B * H : nullptr;
+  T* ws_tc = A.ws && lstm ? ws_cprev + T_ * B * H : nullptr;
+  const bool gh_bias = gru && A.b_hh;
+
+#pragma omp parallel num_threads(nt) if (nt > 1)
+  {
+    DenormalsFlushed flush;
+    const int p = omp_get_thread_num();
+    const int64_t j0 = lo[p], nj = hi[p] - lo[p];
+    T* hap = ha.data() + static_cast<size_t>(p) * B * G * max_nj;
+    T* abuf = aligned64(packbuf) + (ps.a + ps.b) * p;
+    T* bbuf = abuf + ps.a;
+    const T* wblk = wp.data() + G * j0;
+    for (int64_t s = 0; s < T_; ++s) {
+      const int64_t t = A.reverse ? T_ - 1 - s : s;
+      const T* hcur = hbuf.data() + (s & 1) * B * H;
+      T* hnext = hbuf.data() + ((s + 1) & 1) * B * H;
+      if (nj > 0) {
+        // ha (B, G nj) = h W_hh[own rows]^T (+ b_hh for GRU)
+        const GemmView<T> v{B, G * nj, H, hcur, H, false, wblk, GH, false, hap, G * nj, T(1), T(0),
+                            gh_bias ? bp.data() + G * j0 : nullptr};
+        gemm_here<Isa, T>(v, abuf, bbuf);
+        for (int64_t b = 0; b < B; ++b) {
+          const bool act = row_active(A.lengths, b, t);
+          const int64_t row = t * B + b;
+          const T* xr = xa.get() + row * GH;
+          const T* hr = hap + b * G * nj;
+          T* yr = A.y + row * H;
+          T* wsg = ws_g ? ws_g + row * S * H : nullptr;
+          T* wsh = ws_hprev ? ws_hprev + row * H : nullptr;
+          if (lstm) {
+            lstm_gates_row<Isa, T>(xr, hr, H, nj, j0, hcur + b * H, hnext + b * H, cstate.data() + b * H, yr, wsg,
+                                   wsh, ws_cprev ? ws_cprev + row * H : nullptr, ws_tc ? ws_tc + row * H : nullptr,
+                                   act);
+          } else if (gru) {
+            gru_gates_row<Isa, T>(xr, hr, H, nj, j0, hcur + b * H, hnext + b * H, yr, wsg, wsh, act);
+          } else {
+            rnn_gates_row<Isa, T>(xr, hr, nj, j0, relu, hcur + b * H, hnext + b * H, yr, wsg, wsh, act);
+          }
+        }
+      }
+#pragma omp barrier
+    }
+  }
+  std::memcpy(A.h_n, hbuf.data() + (T_ & 1) * B * H, sizeof(T) * B * H);
+  if (lstm) std::memcpy(A.c_n, cstate.data(), sizeof(T) * B * H);
+}
+
+// ---------------------------------------------------------------------------------- backward
+// Gate gradients for row b, owned units: writes dA_x (G H row of da) and, for GRU, dA_h (dah)
+// and the direct term d z (dhz); updates the carried dc (LSTM). d = dh + dy.
+
+template <class Isa, class T>
+void lstm_grad_row(const T* dy, const T* dh, T* dc, const T* g4, const T* cprev, const T* tc, int64_t H, int64_t nj,
+                   int64_t j0, T* da) {
+  using V = Vec<Isa, T>;
+  constexpr int64_t W = V::width;
+  const auto one = V::set1(T(1));
+  for (int64_t jj = 0; jj < nj; jj += W) {
+    const Lanes<Isa, T> L{static_cast<int>(std::min<int64_t>(W, nj - jj))};
+    const int64_t j = j0 + jj;
+    const auto d = V::add(L.ld(dh + j), L.ld(dy + j));
+    const auto i = L.ld(g4 + j), f = L.ld(g4 + H + j), g = L.ld(g4 + 2 * H + j), o = L.ld(g4 + 3 * H + j);
+    const auto t = L.ld(tc + j);
+    const auto dcc = V::fmadd(V::mul(d, o), V::fnmadd(t, t, one), L.ld(dc + j));
+    L.st(da + j, V::mul(V::mul(dcc, g), V::fnmadd(i, i, i)));
+    L.st(da + H + j, V::mul(V::mul(dcc, L.ld(cprev + j)), V::fnmadd(f, f, f)));
+    L.st(da + 2 * H + j, V::mul(V::mul(dcc, i), V::fnmadd(g, g, one)));
+    L.st(da + 3 * H + j, V::mul(V::mul(d, t), V::fnmadd(o, o, o)));
+    L.st(dc + j, V::mul(dcc, f));
+  }
+}
+
+template <class Isa, class T>
+void gru_grad_row(const T* dy, const T* dh, const T* g4, const T* hprev, int64_t H, int64_t nj, int64_t j0, T* da,
+                  T* dah, T* dhz) {
+  using V = Vec<Isa, T>;
+  constexpr int64_t W = V::width;
+  const auto one = V::set1(T(1));
+  for (int64_t jj = 0; jj < nj; jj += W) {
+    const Lanes<Isa, T> L{static_cast<int>(std::min<int64_t>(W, nj - jj))};
+    const int64_t j = j0 + jj;
+    const auto d = V::add(L.ld(dh + j), L.ld(dy + j));
+    const auto r = L.ld(g4 + j), z = L.ld(g4 + H + j), n = L.ld(g4 + 2 * H + j), hn = L.ld(g4 + 3 * H + j);
+    const auto dn = V::mul(V::mul(d, V::sub(one, z)), V::fnmadd(n, n, one));
+    const auto dz = V::mul(V::mul(d, V::sub(L.ld(hprev + j), n)), V::fnmadd(z, z, z));
+    const auto dr = V::mul(V::mul(dn, hn), V::fnmadd(r, r, r));
+    L.st(da + j, dr);
+    L.st(da + H + j, dz);
+    L.st(da + 2 * H + j, dn);
+    L.st(dah + j, dr);
+    L.st(dah + H + j, dz);
+    L.st(dah + 2 * H + j, V::mul(dn, r));
+    L.st(dhz + j, V::mul(d, z));
+  }
+}
+
+template <class Isa, class T>
+void rnn_grad_row(const T* dy, const T* dh, const T* hnew, bool relu, int64_t nj, int64_t j0, T* da) {
+  using V = Vec<Isa, T>;
+  constexpr int64_t W = V::width;
+  for (int64_t jj = 0; jj < nj; jj += W) {
+    const Lanes<Isa, T> L{static_cast<int>(std::min<int64_t>(W, nj - jj))};
+    const int64_t j = j0 + jj;
+    const auto d = V::add(L.ld(dh + j), L.ld(dy + j));
+    const auto h = L.ld(hnew + j);
+    const auto g = relu ? V::select(V::gt(h, V::zero()), d, V::zero()) : V::mul(d, V::fnmadd(h, h, V::set1(T(1))));
+    L.st(da + j, g);
+  }
+}
+
+template <class Isa, class T>
+void zero_units(T* row, int64_t G, int64_t H, int64_t j0, int64_t nj) {
+  for (int64_t g = 0; g < G; ++g) std::fill(row + g * H + j0, row + g * H + j0 + nj, T(0));
+}
+
+template <class Isa, class T>
+void rnn_backward(const RnnBackwardArgs<T>& A) {
+  if (A.w_hr) return lstm_proj_backward<Isa, T>(A);
+  const int64_t T_ = A.steps, B = A.B, I = A.I, H = A.H, G = rnn_gates(A.cell);
+  const int64_t GH = G * H;
+  const bool lstm = A.cell == RnnCell::lstm, gru = A.cell == RnnCell::gru;
+  const bool relu = A.cell == RnnCell::rnn_relu;
+  const int nt = rnn_threads<Isa, T>(H, B, G, A.nthreads);
+  constexpr int64_t W = Vec<Isa, T>::width;
+  const int64_t S = rnn_workspace_per_unit(A.cell) - 1 - (lstm ? 2 : 0);
+  const T* ws_g = A.ws;
+  const T* ws_hprev = A.ws + T_ * B * S * H;
+  const T* ws_cprev = lstm ? ws_hprev + T_ * B * H : nullptr;
+  const T* ws_tc = lstm ? ws_cprev + T_ * B * H : nullptr;
+
+  auto da = uninit<T>(T_ * B * GH);                          // d(input projection)
+  auto dah = gru ? uninit<T>(T_ * B * GH) : nullptr;        // GRU: d(recurrent product)
+  std::vector<T> dhz(gru ? static_cast<size_t>(B * H) : 0);
+  std::vector<T> dh(A.dh_n, A.dh_n + B * H);
+  std::vector<T> dc;
+  if (lstm) dc.assign(A.dc_n, A.dc_n + B * H);
+  std::vector<int64_t> lo(nt), hi(nt);
+  for (int p = 0; p < nt; ++p) thread_slice(H, nt, p, W, &lo[p], &hi[p]);
+  int64_t max_nj = 0;
+  for (int p = 0; p < nt; ++p) max_nj = std::max(max_nj, hi[p] - lo[p]);
+  std::vector<T> tmp(static_cast<size_t>(nt * B * max_nj));
+  const PackSizes<Isa, T> ps(B, max_nj, GH);
+  std::vector<T> packbuf((ps.a + ps.b) * nt + 64);
+  const T* dA_h = gru ? dah.get() : da.get();
+
+#pragma omp parallel num_threads(nt) if (nt > 1)
+  {
+    DenormalsFlushed flush;
+    const int p = omp_get_thread_num();
+    const int64_t j0 = lo[p], nj = hi[p] - lo[p];
+    T* tp = tmp.data() + static_cast<size_t>(p) * B * max_nj;
+    T* abuf = aligned64(packbuf) + (ps.a + ps.b) * p;
+    T* bbuf = abuf + ps.a;
+    for (int64_t s = T_ - 1; s >= 0; --s) {
+      const int64_t t = A.reverse ? T_ - 1 - s : s;
+      if (nj > 0) {
+        for (int64_t b = 0; b < B; ++b) {
+          const int64_t row = t * B + b;
+          T* dar = da.get() + row * GH;
+          if (!row_active(A.lengths, b, t)) {
+            zero_units<Isa, T>(dar, G, H, j0, nj);
+            if (gru) zero_units<Isa, T>(dah.get() + row * GH, G, H, j0, nj);
+            continue;
+          }
+          const T* dyr = A.dy + row * H;
+          if (lstm) {
+            lstm_grad_row<Isa, T>(dyr, dh.data() + b * H, dc.data() + b * H, ws_g + row * S * H, ws_cprev + row * H,
+                                  ws_tc + row * H, H, nj, j0, dar);
+          } else if (gru) {
+            gru_grad_row<Isa, T>(dyr, dh.data() + b * H, ws_g + row * S * H, ws_hprev + row * H, H, nj, j0, dar,
+                                 dah.get() + row * GH, dhz.data() + b * H);
+          } else {
+            rnn_grad_row<Isa, T>(dyr, dh.data() + b * H, ws_g + row * H, relu, nj, j0, dar);
+          }
+        }
+      }
+#pragma omp barrier
+      if (nj > 0) {
+        // dh[:, own] = dA_h[t] (B, G H) @ W_hh[:, own] (G H, nj)  (+ d z for GRU); inactive rows keep dh.
+        const GemmView<T> v{B, nj, GH, dA_h + t * B * GH, GH, false, A.w_hh + j0, H, false, tp, nj, T(1), T(0),
+                            nullptr};
+        gemm_here<Isa, T>(v, abuf, bbuf);
+        for (int64_t b = 0; b < B; ++b) {
+          if (!row_active(A.lengths, b, t)) continue;
+          T* dhr = dh.data() + b * H + j0;
+          const T* tr = tp + b * nj;
+          if (gru) {
+            const T* z = dhz.data() + b * H + j0;
+            for (int64_t jj = 0; jj < nj; ++jj) dhr[jj] = tr[jj] + z[jj];
+          } else {
+            std::memcpy(dhr, tr, sizeof(T) * nj);
+          }
+        }
+      }
+      // The next step's stage 1 touches only this thread's columns of dh and another time row
+      // of da, so no second barrier is needed here.
+    }
+  }
+  std::memcpy(A.dh0, dh.data(), sizeof(T) * B * H);
+  if (lstm) std::memcpy(A.dc0, dc.data(), sizeof(T) * B * H);
+  const int64_t R = T_ * B;
+  // dx (T B, I) = dA_x W_ih;  dW_ih = dA_x^T x;  dW_hh = dA_h^T hprev;  biases: column sums.
+  gemm_full<Isa, T>(R, I, GH, da.get(), GH, false, A.w_ih, I, false, A.dx, I, nullptr, A.nthreads);
+  gemm_full<Isa, T>(GH, I, R, da.get(), GH, true, A.x, I, false, A.dw_ih, I, nullptr, A.nthreads);
+  gemm_full<Isa, T>(GH, H, R, dA_h, GH, true, ws_hprev, H, false, A.dw_hh, H, nullptr, A.nthreads);
+  column_sums<Isa, T>(da.get(), R, GH, A.db_ih, A.nthreads);
+  if (gru) {
+    column_sums<Isa, T>(dah.get(), R, GH, A.db_hh, A.nthreads);
+  } else {
+    std::memcpy(A.db_hh, A.db_ih, sizeof(T) * GH);
+  }
+}
+
+
+// ------------------------------------------------------------------- LSTM with a projection
+// Per step, two phases with a barrier after each: (A) thread p owns hidden units [lo, hi): its
+// rows of the recurrent product (k = P) and the gates, writing h_raw = o tanh(c') for its units;
+// (B) thread p owns projection columns [qlo, qhi): h'[:, own] = h_raw W_hr^T[:, own]. Backward:
+// (0) d = dh + dy on own columns (kept for dW_hr), (1) dh_raw = d W_hr[:, own units] and the gate
+// gradients, (2) dh[:, own columns] = dA W_hh[:, own columns]; barriers after (0) and (1).
+
+template <class Isa, class T>
+void lstm_proj_forward(const RnnForwardArgs<T>& A) {
+  using V = Vec<Isa, T>;
+  const int64_t T_ = A.steps, B = A.B, I = A.I, H = A.H, P = A.P, G = 4, GH = 4 * H;
+  constexpr int64_t W = V::width;
+  const int nt = rnn_threads<Isa, T>(H, B, G, A.nthreads);
+  std::vector<T> bias_x(static_cast<size_t>(GH), T(0));
+  for (int64_t k = 0; k < GH; ++k) bias_x[k] = (A.b_ih ? A.b_ih[k] : T(0)) + (A.b_hh ? A.b_hh[k] : T(0));
+  auto xa = uninit<T>(T_ * B * GH);
+  gemm_full<Isa, T>(T_ * B, GH, I, A.x, I, false, A.w_ih, I, true, xa.get(), GH,
+                    (A.b_ih || A.b_hh) ? bias_x.data() : nullptr, A.nthreads);
+  std::vector<int64_t> lo(nt), hi(nt), qlo(nt), qhi(nt);
+  for (int p = 0; p < nt; ++p) {
+    thread_slice(H, nt, p, W, &lo[p], &hi[p]);
+    thread_slice(P, nt, p, W, &qlo[p], &qhi[p]);
+  }
+  // W_hh^T (P, 4H) with each thread's gate blocks contiguous (as rnn_forward); W_hr^T (H, P).
+  std::vector<T> wp(static_cast<size_t>(GH * P)), whrT(static_cast<size_t>(H * P));
+  for (int p = 0; p < nt; ++p) {
+    const int64_t nj = hi[p] - lo[p];
+    for (int64_t g = 0; g < G; ++g)
+      for (int64_t jj = 0; jj < nj; ++jj) {
+        const int64_t dst = G * lo[p] + g * nj + jj, src = g * H + lo[p] + jj;
+        for (int64_t kk = 0; kk < P; ++kk) wp[kk * GH + dst] = A.w_hh[src * P + kk];
+      }
+  }
+  for (int64_t q = 0; q < P; ++q)
+    for (int64_t j = 0; j < H; ++j) whrT[j * P + q] = A.w_hr[q * H + j];
+  int64_t max_nj = 0, max_nq = 0;
+  for (int p = 0; p < nt; ++p) {
+    max_nj = std::max(max_nj, hi[p] - lo[p]);
+    max_nq = std::max(max_nq, qhi[p] - qlo[p]);
+  }
+  std::vector<T> ha(static_cast<size_t>(nt * B * G * max_nj)), hq(static_cast<size_t>(nt * B * max_nq));
+  const PackSizes<Isa, T> ps1(B, G * max_nj, P), ps2(B, max_nq, H);
+  const size_t pa = std::max(ps1.a, ps2.a), pb = std::max(ps1.b, ps2.b);
+  std::vector<T> packbuf((pa + pb) * nt + 64);
+  std::vector<T> hbuf(static_cast<size_t>(2 * B * P));
+  std::memcpy(hbuf.data(), A.h0, sizeof(T) * B * P);
+  std::vector<T> cstate(A.c0, A.c0 + B * H);
+  std::vector<T> hraw(static_cast<size_t>(B * H));
+  std::vector<T> ydummy(static_cast<size_t>(nt * H));  // per thread: the gate kernel's unused y row
+  T* ws_g = A.ws;
+  T* ws_hprev = A.ws ? ws_g + T_ * B * GH : nullptr;
+  T* ws_cprev = A.ws ? ws_hprev + T_ * B * P : nullptr;
+  T* ws_tc = A.ws ? ws_cprev + T_ * B * H : nullptr;
+  T* ws_hraw = A.ws ? ws_tc + T_ * B * H : nullptr;
+
+#pragma omp parallel num_threads(nt) if (nt > 1)
+  {
+    DenormalsFlushed flush;
+    const int p = omp_get_thread_num();
+    const int64_t j0 = lo[p], nj = hi[p] - lo[p], q0 = qlo[p], nq = qhi[p] - qlo[p];
+    T* hap = ha.data() + static_cast<size_t>(p) * B * G * max_nj;
+    T* hqp = hq.data() + static_cast<size_t>(p) * B * max_nq;
+    T* abuf = aligned64(packbuf) + (pa + pb) * p;
+    T* bbuf = abuf + pa;
+    for (int64_t s = 0; s < T_; ++s) {
+      const int64_t t = A.reverse ? T_ - 1 - s : s;
+      const T* hcur = hbuf.data() + (s & 1) * B * P;
+      T* hnext = hbuf.data() + ((s + 1) & 1) * B * P;
+      if (nj > 0) {
+        const GemmView<T> v{B, G * nj, P, hcur, P, false, wp.data() + G * j0, GH, false, hap, G * nj, T(1), T(0),
+                            nullptr};
+        gemm_here<Isa, T>(v, abuf, bbuf);
+        for (int64_t b = 0; b < B; ++b) {
+          const int64_t row = t * B + b;
+          if (!row_active(A.lengths, b, t)) {
+            // h_raw of a skipped step is 0 in the workspace (dW_hr multiplies it by d = 0)
+            if (ws_hraw) std::fill(ws_hraw + row * H + j0, ws_hraw + row * H + j0 + nj, T(0));
+            continue;
+          }
+          // the gate kernel with h = h_raw (read and written at own units), y = the workspace copy
+          lstm_gates_row<Isa, T>(xa.get() + row * GH, hap + b * G * nj, H, nj, j0, hraw.data() + b * H,
+                                 hraw.data() + b * H, cstate.data() + b * H,
+                                 ws_hraw ? ws_hraw + row * H : ydummy.data() + p * H, ws_g ? ws_g + row * GH : nullptr,
+                                 nullptr, ws_cprev ? ws_cprev + row * H : nullptr, ws_tc ? ws_tc + row * H : nullptr,
+                                 true);
+        }
+      }
+#pragma omp barrier
+      if (nq > 0) {
+        const GemmView<T> v{B, nq, H, hraw.data(), H, false, whrT.data() + q0, P, false, hqp, nq, T(1), T(0),
+                            nullptr};
+        gemm_here<Isa, T>(v, abuf, bbuf);
+        for (int64_t b = 0; b < B; ++b) {
+          const int64_t row = t * B + b;
+          T* yr = A.y + row * P + q0;
+          const T* hc = hcur + b * P + q0;
+          if (ws_hprev) std::memcpy(ws_hprev + row * P + q0, hc, sizeof(T) * nq);
+          if (row_active(A.lengths, b, t)) {
+            std::memcpy(hnext + b * P + q0, hqp + b * nq, sizeof(T) * nq);
+            std::memcpy(yr, hqp + b * nq, sizeof(T) * nq);
+          } else {
+            std::memcpy(hnext + b * P + q0, hc, sizeof(T) * nq);
+            std::fill(yr, yr + nq, T(0));
+          }
+        }
+      }
+#pragma omp barrier
+    }
+  }
+  std::memcpy(A.h_n, hbuf.data() + (T_ & 1) * B * P, sizeof(T) * B * P);
+  std::memcpy(A.c_n, cstate.data(), sizeof(T) * B * H);
+}
+
+template <class Isa, class T>
+void lstm_proj_backward(const RnnBackwardArgs<T>& A) {
+  const int64_t T_ = A.steps, B = A.B, I = A.I, H = A.H, P = A.P, G = 4, GH = 4 * H;
+  constexpr int64_t W = Vec<Isa, T>::width;
+  const int nt = rnn_threads<Isa, T>(H, B, G, A.nthreads);
+  const T* ws_g = A.ws;
+  const T* ws_hprev = ws_g + T_ * B * GH;
+  const T* ws_cprev = ws_hprev + T_ * B * P;
+  const T* ws_tc = ws_cprev + T_ * B * H;
+  const T* ws_hraw = ws_tc + T_ * B * H;
+  auto da = uninit<T>(T_ * B * GH);
+  auto dseq = uninit<T>(T_ * B * P);  // d = dh + dy per step (0 on inactive rows), for dW_hr
+  std::vector<T> dh(A.dh_n, A.dh_n + B * P);
+  std::vector<T> dc(A.dc_n, A.dc_n + B * H);
+  std::vector<int64_t> lo(nt), hi(nt), qlo(nt), qhi(nt);
+  for (int p = 0; p < nt; ++p) {
+    thread_slice(H, nt, p, W, &lo[p], &hi[p]);
+    thread_slice(P, nt, p, W, &qlo[p], &qhi[p]);
+  }
+  int64_t max_nj = 0, max_nq = 0;
+  for (int p = 0; p < nt; ++p) {
+    max_nj = std::max(max_nj, hi[p] - lo[p]);
+    max_nq = std::max(max_nq, qhi[p] - qlo[p]);
+  }
+  std::vector<T> draw(static_cast<size_t>(B * H)), tq(static_cast<size_t>(nt * B * max_nq));  // dh_raw
+  std::vector<T> zeros(static_cast<size_t>(H), T(0));
+  const PackSizes<Isa, T> ps1(B, max_nj, P), ps2(B, max_nq, GH);
+  const size_t pa = std::max(ps1.a, ps2.a), pb = std::max(ps1.b, ps2.b);
+  std::vector<T> packbuf((pa + pb) * nt + 64);
+
+#pragma omp parallel num_threads(nt) if (nt > 1)
+  {
+    DenormalsFlushed flush;
+    const int p = omp_get_thread_num();
+    const int64_t j0 = lo[p], nj = hi[p] - lo[p], q0 = qlo[p], nq = qhi[p] - qlo[p];
+    T* tqp = tq.data() + static_cast<size_t>(p) * B * max_nq;
+    T* abuf = aligned64(packbuf) + (pa + pb) * p;
+    T* bbuf = abuf + pa;
+    for (int64_t s = T_ - 1; s >= 0; --s) {
+      const int64_t t = A.reverse ? T_ - 1 - s : s;
+      for (int64_t b = 0; b < B && nq > 0; ++b) {  // (0) d on own columns
+        T* d = dseq.get() + (t * B + b) * P + q0;
+        if (row_active(A.lengths, b, t)) {
+          const T* dyr = A.dy + (t * B + b) * P + q0;
+          const T* dhr = dh.data() + b * P + q0;
+          for (int64_t q = 0; q < nq; ++q) d[q] = dhr[q] + dyr[q];
+        } else {
+          std::fill(d, d + nq, T(0));
+        }
+      }
+#pragma omp barrier
+      if (nj > 0) {  // (1) dh_raw (B, own units) = d (B, P) W_hr[:, own]; gate gradients
+        const GemmView<T> v{B, nj, P, dseq.get() + t * B * P, P, false, A.w_hr + j0, H, false, draw.data() + j0, H,
+                            T(1), T(0), nullptr};
+        gemm_here<Isa, T>(v, abuf, bbuf);
+        for (int64_t b = 0; b < B; ++b) {
+          const int64_t row = t * B + b;
+          T* dar = da.get() + row * GH;
+          if (!row_active(A.lengths, b, t)) {
+            zero_units<Isa, T>(dar, G, H, j0, nj);
+            continue;
+          }
+          // lstm_grad_row takes d = dh + dy at its units: here dh_raw + 0
+          lstm_grad_row<Isa, T>(zeros.data(), draw.data() + b * H, dc.data() + b * H, ws_g + row * GH,
+                                ws_cprev + row * H, ws_tc + row * H, H, nj, j0, dar);
+        }
+      }
+#pragma omp barrier
+      if (nq > 0) {  // (2) dh[:, own columns] = dA (B, 4H) W_hh[:, own columns]
+        const GemmView<T> v{B, nq, GH, da.get() + t * B * GH, GH, false, A.w_hh + q0, P, false, tqp, nq, T(1),
+                            T(0), nullptr};
+        gemm_here<Isa, T>(v, abuf, bbuf);
+        for (int64_t b = 0; b < B; ++b) {
+          if (row_active(A.lengths, b, t)) std::memcpy(dh.data() + b * P + q0, tqp + b * nq, sizeof(T) * nq);
+        }
+      }
+      // (0) of the next step touches only own columns of dh and another time row of dseq.
+    }
+  }
+  std::memcpy(A.dh0, dh.data(), sizeof(T) * B * P);
+  std::memcpy(A.dc0, dc.data(), sizeof(T) * B * H);
+  const int64_t R = T_ * B;
+  gemm_full<Isa, T>(R, I, GH, da.get(), GH, false, A.w_ih, I, false, A.dx, I, nullptr, A.nthreads);
+  gemm_full<Isa, T>(GH, I, R, da.get(), GH, true, A.x, I, false, A.dw_ih, I, nullptr, A.nthreads);
+  gemm_full<Isa, T>(GH, P, R, da.get(), GH, true, ws_hprev, P, false, A.dw_hh, P, nullptr, A.nthreads);
+  gemm_full<Isa, T>(P, H, R, dseq.get(), P, true, ws_hraw, H, false, A.dw_hr, H, nullptr, A.nthreads);
+  column_sums<Isa, T>(da.get(), R, GH, A.db_ih, A.nthreads);
+  std::memcpy(A.db_hh, A.db_ih, sizeof(T) * GH);
+}
+
+}  // namespace
+
+template <>
+const RnnKernels& rnn_kernels<TargetIsa>() {
+  static const RnnKernels table{
+      &rnn_forward<TargetIsa, float>,
+      &rnn_forward<TargetIsa, double>,
+      &rnn_backward<TargetIsa, float>,
+      &rnn_backward<TargetIsa, double>,
+  };
+  return table;
+}
+
+}  // namespace seqblocks
