@@ -117,6 +117,14 @@ register(OpCheck("cross_entropy", "cross_entropy",
                                 r.uniform(0.5, 2, 33).astype(d)), dict(label_smoothing=0.1)),
                  sum_factor(16 * 33)))
 register(OpCheck("dropout", "dropout", lambda r, d: ((_n(r, (1031,), d),), dict(p=0.3, seed=1234)), 2.0))
+# scores of size ~sqrt(16)/4 = 1, so each output is a sum of 65 probability-weighted terms
+register(OpCheck("sdpa", "sdpa", lambda r, d: ((_n(r, (2, 3, 33, 16), d), _n(r, (2, 3, 65, 16), d),
+                                                _n(r, (2, 3, 65, 8), d)), dict(is_causal=True)),
+                 2 * sum_factor(65)))
+register(OpCheck("sdpa(mask,dropout)", "sdpa",
+                 lambda r, d: ((_n(r, (2, 33, 16), d), _n(r, (2, 65, 16), d), _n(r, (2, 65, 8), d),
+                                r.random((33, 65)) < 0.7), dict(dropout_p=0.2, seed=99)),
+                 2 * sum_factor(65)))
 
 def _pointwise_grad(grad_out, expected):
     # d/dx of tanh, sigmoid and gelu is computed as a difference of O(1) terms times g

@@ -260,3 +260,10 @@ def cross_entropy(input, target, weight=None, ignore_index: int = -100, reductio
         raise NotImplementedError("cross_entropy: gradients with respect to weight are not supported")
     return _CrossEntropy.apply(input, target, weight, ignore_index, reduction, label_smoothing)
 
+
+
+# ----------------------------------------------------------------------------- attention
+
+from .attention import scaled_dot_product_attention  # noqa: E402  (attention.py builds on the above)
+
+__all__ += ["scaled_dot_product_attention"]

@@ -1,0 +1,208 @@
+// Bindings for scaled dot-product attention over (N, L, E) / (N, S, E) / (N, S, Ev) arrays (the
+// Python layer flattens the leading dims and turns a boolean mask into an additive one):
+// validate, allocate outputs, release the GIL, call.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cstdint>
+#include <optional>
+#include <string>
+
+#include "bindings/common.h"
+#include "bindings/registry.h"
+#include "ops/attention.h"
+#include "runtime/threads.h"
+
+namespace seqblocks {
+namespace {
+
+template <class T>
+using CArray = py::array_t<T, py::array::c_style | py::array::forcecast>;
+using IArray = py::array_t<int64_t, py::array::c_style | py::array::forcecast>;
+
+void check_3d(const py::array& a, const char* name) {
+  if (a.ndim() != 3) {
+    throw std::invalid_argument(std::string(name) + ": expected a 3-D array (N, len, features), got shape " +
+                                shape_str(a));
+  }
+}
+
+void check_dim(const py::array& a, const char* name, int axis, int64_t want, const char* what) {
+  if (a.shape(axis) != want) {
+    throw std::invalid_argument(std::string(name) + ": expected dim " + std::to_string(axis) + " = " +
+                                std::to_string(want) + " (" + what + "), got shape " + shape_str(a));
+  }
+}
+
+void check_dtype(const py::array& a, const char* name, DType t) {
+  if (float_dtype_of(a, name) != t) {
+    throw py::type_error(std::string(name) + ": expected the dtype of q, got " + std::string(py::str(a.dtype())));
+  }
+}
+
+struct Common {
+  int64_t n, l, s, e, ev;
+};
+
+// q, k, v shapes and the optional mask's bounds (every (n, i, j) it addresses lies inside it).
+Common check_common(const py::array& q, const py::array& k, const py::array& v, const std::optional<py::array>& mask,
+                    const std::optional<py::array>& mask_off, int64_t sl, int64_t ss, DType t) {
+  check_3d(q, "q");
+  check_3d(k, "k");
+  check_3d(v, "v");
+  check_dtype(k, "k", t);
+  check_dtype(v, "v", t);
+  Common c{q.shape(0), q.shape(1), k.shape(1), q.shape(2), v.shape(2)};
+  check_dim(k, "k", 0, c.n, "q's N");
+  check_dim(k, "k", 2, c.e, "q's head size");
+  check_dim(v, "v", 0, c.n, "q's N");
+  check_dim(v, "v", 1, c.s, "k's source length");
+  if (mask.has_value() != mask_off.has_value()) {
+    throw std::invalid_argument("mask_offsets: expected an array exactly when mask is given");
+  }
+  if (mask) {
+    check_dtype(*mask, "mask", t);
+    if (mask->ndim() != 1) throw std::invalid_argument("mask: expected a flat 1-D array, got shape " + shape_str(*mask));
+    if (mask_off->ndim() != 1 || mask_off->shape(0) != c.n) {
+      throw std::invalid_argument("mask_offsets: expected shape (" + std::to_string(c.n) + ",), got " +
+                                  shape_str(*mask_off));
+    }
+    if (sl < 0 || ss < 0) throw std::invalid_argument("mask strides: expected >= 0");
+    IArray off = IArray::ensure(*mask_off);
+    const int64_t span = (c.l > 0 ? (c.l - 1) * sl : 0) + (c.s > 0 ? (c.s - 1) * ss : 0);
+    for (int64_t i = 0; i < c.n; ++i) {
+      const int64_t o = off.at(i);
+      if (o < 0 || o + span >= mask->shape(0)) {
+        throw std::invalid_argument("mask_offsets: entry " + std::to_string(i) + " addresses outside mask");
+      }
+    }
+  }
+  return c;
+}
+
+template <class T>
+SdpaArgs<T> make_args(const Common& c, const CArray<T>& q, const CArray<T>& k, const CArray<T>& v,
+                      const std::optional<CArray<T>>& mask, const std::optional<IArray>& off, int64_t sl, int64_t ss,
+                      bool causal, double scale, double p, uint64_t seed) {
+  SdpaArgs<T> a;
+  a.n = c.n; a.l = c.l; a.s = c.s; a.e = c.e; a.ev = c.ev;
+  a.q = q.data(); a.k = k.data(); a.v = v.data();
+  if (mask) {
+    a.mask = mask->data();
+    a.mask_off = off->data();
+    a.mask_sl = sl;
+    a.mask_ss = ss;
+  }
+  a.causal = causal;
+  a.scale = static_cast<T>(scale);
+  a.dropout_p = p;
+  a.seed = seed;
+  a.nthreads = num_threads();
+  return a;
+}
+
+template <class T>
+py::tuple forward(const py::array& q_arr, const py::array& k_arr, const py::array& v_arr,
+                  const std::optional<py::array>& mask_arr, const std::optional<py::array>& off_arr, int64_t sl,
+                  int64_t ss, bool causal, double scale, double p, uint64_t seed, const Common& c) {
+  CArray<T> q = CArray<T>::ensure(q_arr), k = CArray<T>::ensure(k_arr), v = CArray<T>::ensure(v_arr);
+  std::optional<CArray<T>> mask;
+  std::optional<IArray> off;
+  if (mask_arr) {
+    mask = CArray<T>::ensure(*mask_arr);
+    off = IArray::ensure(*off_arr);
+  }
+  checked_mul(checked_mul(c.n, c.l, "out size"), c.ev, "out size");
+  CArray<T> out({c.n, c.l, c.ev});
+  CArray<T> lse({c.n, c.l});
+  SdpaArgs<T> a = make_args<T>(c, q, k, v, mask, off, sl, ss, causal, scale, p, seed);
+  a.out = out.mutable_data();
+  a.lse = lse.mutable_data();
+  {
+    py::gil_scoped_release release;
+    const AttentionKernels& kt = SEQBLOCKS_DISPATCH(attention_kernels);
+    if constexpr (std::is_same_v<T, float>) kt.sdpa_forward_f32(a); else kt.sdpa_forward_f64(a);
+  }
+  return py::make_tuple(std::move(out), std::move(lse));
+}
+
+template <class T>
+py::tuple backward(const py::array& dout_arr, const py::array& q_arr, const py::array& k_arr, const py::array& v_arr,
+                   const py::array& out_arr, const py::array& lse_arr, const std::optional<py::array>& mask_arr,
+                   const std::optional<py::array>& off_arr, int64_t sl, int64_t ss, bool causal, double scale,
+                   double p, uint64_t seed, const Common& c) {
+  CArray<T> q = CArray<T>::ensure(q_arr), k = CArray<T>::ensure(k_arr), v = CArray<T>::ensure(v_arr);
+  CArray<T> dout = CArray<T>::ensure(dout_arr), out = CArray<T>::ensure(out_arr), lse = CArray<T>::ensure(lse_arr);
+  std::optional<CArray<T>> mask;
+  std::optional<IArray> off;
+  if (mask_arr) {
+    mask = CArray<T>::ensure(*mask_arr);
+    off = IArray::ensure(*off_arr);
+  }
+  CArray<T> dq({c.n, c.l, c.e}), dk({c.n, c.s, c.e}), dv({c.n, c.s, c.ev});
+  SdpaArgs<T> a = make_args<T>(c, q, k, v, mask, off, sl, ss, causal, scale, p, seed);
+  a.out = const_cast<T*>(out.data());  // read only in the backward
+  a.lse = const_cast<T*>(lse.data());
+  a.dout = dout.data();
+  a.dq = dq.mutable_data();
+  a.dk = dk.mutable_data();
+  a.dv = dv.mutable_data();
+  {
+    py::gil_scoped_release release;
+    const AttentionKernels& kt = SEQBLOCKS_DISPATCH(attention_kernels);
+    if constexpr (std::is_same_v<T, float>) kt.sdpa_backward_f32(a); else kt.sdpa_backward_f64(a);
+  }
+  return py::make_tuple(std::move(dq), std::move(dk), std::move(dv));
+}
+
+}  // namespace
+}  // namespace seqblocks
+
+SEQBLOCKS_BINDINGS(attention) {
+  using namespace seqblocks;
+  namespace py = pybind11;
+  m.def(
+      "sdpa_forward",
+      [](const py::array& q, const py::array& k, const py::array& v, std::optional<py::array> mask,
+         std::optional<py::array> mask_offsets, int64_t sl, int64_t ss, bool causal, double scale, double p,
+         uint64_t seed) {
+        const DType t = float_dtype_of(q, "q");
+        const Common c = check_common(q, k, v, mask, mask_offsets, sl, ss, t);
+        return t == DType::f32 ? forward<float>(q, k, v, mask, mask_offsets, sl, ss, causal, scale, p, seed, c)
+                               : forward<double>(q, k, v, mask, mask_offsets, sl, ss, causal, scale, p, seed, c);
+      },
+      py::arg("q").noconvert(), py::arg("k").noconvert(), py::arg("v").noconvert(), py::arg("mask").none(true),
+      py::arg("mask_offsets").none(true), py::arg("mask_row_stride"), py::arg("mask_col_stride"), py::arg("causal"),
+      py::arg("scale"), py::arg("dropout_p"), py::arg("seed"),
+      "tiled scaled dot-product attention over (N, L, E) q, (N, S, E) k, (N, S, Ev) v -> (out, lse)");
+  m.def(
+      "sdpa_backward",
+      [](const py::array& dout, const py::array& q, const py::array& k, const py::array& v, const py::array& out,
+         const py::array& lse, std::optional<py::array> mask, std::optional<py::array> mask_offsets, int64_t sl,
+         int64_t ss, bool causal, double scale, double p, uint64_t seed) {
+        const DType t = float_dtype_of(q, "q");
+        const Common c = check_common(q, k, v, mask, mask_offsets, sl, ss, t);
+        check_dtype(dout, "grad_output", t);
+        check_dtype(out, "out", t);
+        check_dtype(lse, "lse", t);
+        check_3d(dout, "grad_output");
+        check_3d(out, "out");
+        for (int ax = 0; ax < 3; ++ax) {
+          const int64_t want = ax == 0 ? c.n : ax == 1 ? c.l : c.ev;
+          check_dim(dout, "grad_output", ax, want, "the output's shape");
+          check_dim(out, "out", ax, want, "the output's shape");
+        }
+        if (lse.ndim() != 2 || lse.shape(0) != c.n || lse.shape(1) != c.l) {
+          throw std::invalid_argument("lse: expected shape (N, L), got " + shape_str(lse));
+        }
+        return t == DType::f32
+                   ? backward<float>(dout, q, k, v, out, lse, mask, mask_offsets, sl, ss, causal, scale, p, seed, c)
+                   : backward<double>(dout, q, k, v, out, lse, mask, mask_offsets, sl, ss, causal, scale, p, seed, c);
+      },
+      py::arg("grad_output").noconvert(), py::arg("q").noconvert(), py::arg("k").noconvert(),
+      py::arg("v").noconvert(), py::arg("out").noconvert(), py::arg("lse").noconvert(), py::arg("mask").none(true),
+      py::arg("mask_offsets").none(true), py::arg("mask_row_stride"), py::arg("mask_col_stride"), py::arg("causal"),
+      py::arg("scale"), py::arg("dropout_p"), py::arg("seed"),
+      "gradients (dq, dk, dv) of sdpa_forward, probabilities recomputed per tile");
+}

@@ -1,0 +1,363 @@
+// Scaled dot-product attention kernels, forward and backward side by side (formulas and shapes in
+// attention.h). Compiled once per ISA. Per tile, the products Q_blk K_blk^T, P V_blk, P^T dO,
+// dO V^T, dS K and dS^T Q run on the GEMM's packed micro-kernel (single-threaded, on the calling
+// thread's packing buffers); the softmax steps are vectorized row loops.
+#include "ops/attention.h"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "gemm/gemm.h"
+#include "ops/softmax.h"
+#include "runtime/denormals.h"
+#include "runtime/isa_target.h"
+#include "simd/vec.h"
+
+namespace seqblocks {
+namespace {
+
+// Query rows x key columns of one tile. The S/P tile (BR x BC) stays in L1/L2.
+// Causal attention uses narrower key blocks: fewer masked scores are computed in the diagonal
+// tiles (at L = S = 512: 56% of the full score work instead of 62%).
+constexpr int64_t kFwdBr = 64, kFwdBc = 128, kFwdBcCausal = 64;
+constexpr int64_t kBwdBr = 64, kBwdBc = 64;
+
+// C = alpha op(A) op(B) + beta C on one thread (GEMM driver's packed path; see gemm/gemm.h).
+template <class Isa, class T>
+void tile_gemm(int64_t m, int64_t n, int64_t k, const T* a, int64_t lda, bool ta, const T* b, int64_t ldb, bool tb,
+               T* c, int64_t ldc, T alpha, T beta, T* abuf, T* bbuf) {
+  const GemmView<T> v{m, n, k, a, lda, ta, b, ldb, tb, c, ldc, alpha, beta, nullptr};
+  gemm_packed<Isa, T>(v, abuf, bbuf);
+}
+
+template <class Isa, class T>
+void scale_row(T* x, int64_t n, T s) {
+  using V = Vec<Isa, T>;
+  constexpr int W = V::width;
+  const auto vs = V::set1(s);
+  int64_t j = 0;
+  for (; j + W <= n; j += W) V::store(x + j, V::mul(V::load(x + j), vs));
+  if (j < n) V::store_tail(x + j, V::mul(V::load_tail(x + j, static_cast<int>(n - j)), vs), static_cast<int>(n - j));
+}
+
+template <class Isa, class T>
+T dot_row(const T* a, const T* b, int64_t n) {
+  using V = Vec<Isa, T>;
+  constexpr int W = V::width;
+  auto acc = V::zero();
+  int64_t j = 0;
+  for (; j + W <= n; j += W) acc = V::fmadd(V::load(a + j), V::load(b + j), acc);
+  if (j < n) {
+    const int r = static_cast<int>(n - j);
+    acc = V::fmadd(V::load_tail(a + j, r), V::load_tail(b + j, r), acc);
+  }
+  return V::hsum(acc);
+}
+
+// x[j] = exp(x[j] - sub) for j < n; returns the sum (masked lanes excluded).
+template <class Isa, class T>
+T exp_row(T* x, int64_t n, T sub) {
+  using V = Vec<Isa, T>;
+  constexpr int W = V::width;
+  const auto vm = V::set1(sub);
+  auto s0 = V::zero();
+  int64_t j = 0;
+  for (; j + W <= n; j += W) {
+    const auto e = rowops::exp_approx<Isa, T>(V::sub(V::load(x + j), vm));
+    V::store(x + j, e);
+    s0 = V::add(s0, e);
+  }
+  if (j < n) {
+    const int r = static_cast<int>(n - j);
+    const auto e = V::select(rowops::tail_mask<Isa, T>(r), rowops::exp_approx<Isa, T>(V::sub(V::load_tail(x + j, r), vm)),
+                             V::zero());
+    V::store_tail(x + j, e, r);
+    s0 = V::add(s0, e);
+  }
+  return V::hsum(s0);
+}
+
+static inline uint64_t sdpa_splitmix64(uint64_t z) {
+  z ^= z >> 30;
+  z *= 0xBF58476D1CE4E5B9ULL;
+  z ^= z >> 27;
+  z *= 0x94D049BB133111EBULL;
+  z ^= z >> 31;
+  return z;
+}
+
+// Dropout factors of docs/ops.md for probability indices [idx0, idx0 + n): f = scale or 0.
+struct DropoutKey {
+  bool on = false;
+  uint64_t seed = 0, threshold = 0;
+  double scale = 1.0;
+};
+static inline DropoutKey make_dropout(double p, uint64_t seed) {
+  DropoutKey d;
+  d.on = p > 0.0;
+  d.seed = seed;
+  d.threshold = static_cast<uint64_t>(std::ceil(p * 16777216.0));
+  d.scale = p >= 1.0 ? 0.0 : 1.0 / (1.0 - p);
+  return d;
+}
+template <class T>
+void apply_dropout(T* x, int64_t n, uint64_t idx0, const DropoutKey& d) {
+  const T scale = static_cast<T>(d.scale);
+  for (int64_t j = 0; j < n; ++j) {
+    const uint64_t z = d.seed + (idx0 + static_cast<uint64_t>(j)) * 0x9E3779B97F4A7C15ULL;
+    x[j] = (sdpa_splitmix64(z) >> 40) >= d.threshold ? x[j] * scale : T(0);
+  }
+}
+
+// x (rows, cols) row-major -> blocked transpose: for each block of bc rows starting at j0, an
+// (cols x bc) panel at xt + j0 * cols holding x[j0 + c][e] at [e * bc + c]. The score products
+// then read K^T (and the backward V^T) in place, with no per-tile packing.
+template <class T>
+void transpose_blocked(const T* x, int64_t rows, int64_t cols, int64_t bc, T* xt) {
+  for (int64_t j0 = 0; j0 < rows; j0 += bc) {
+    const int64_t nb = std::min(bc, rows - j0);
+    T* panel = xt + j0 * cols;
+    for (int64_t c = 0; c < nb; ++c) {
+      const T* row = x + (j0 + c) * cols;
+      for (int64_t e = 0; e < cols; ++e) panel[e * bc + c] = row[e];
+    }
+  }
+}
+
+// Scores of one tile: srow = scale q k^T (already in S), plus mask, -inf above the causal diagonal.
+template <class T>
+void mask_tile(const SdpaArgs<T>& a, int64_t n, int64_t i0, int64_t rows, int64_t j0, int64_t cols, T* s,
+               int64_t lds) {
+  const T ninf = -std::numeric_limits<T>::infinity();
+  for (int64_t r = 0; r < rows; ++r) {
+    T* srow = s + r * lds;
+    const int64_t i = i0 + r;
+    if (a.mask) {
+      const T* mrow = a.mask + a.mask_off[n] + i * a.mask_sl + j0 * a.mask_ss;
+      if (a.mask_ss == 1) {
+        for (int64_t c = 0; c < cols; ++c) srow[c] += mrow[c];
+      } else {
+        for (int64_t c = 0; c < cols; ++c) srow[c] += mrow[c * a.mask_ss];
+      }
+    }
+    if (a.causal && j0 + cols - 1 > i) {
+      for (int64_t c = std::max<int64_t>(0, i - j0 + 1); c < cols; ++c) srow[c] = ninf;
+    }
+  }
+}
+
+// Threads worth waking for `flops` of work: below ~2 MFLOP per thread (tens of microseconds) a
+// second thread costs more than it saves, and on a loaded machine a descheduled worker would hold
+// the join for a whole time slice.
+static inline int sdpa_threads(double flops, int64_t units, int nthreads) {
+  constexpr double kMinFlopsPerThread = 2e6;
+  const double by_work = std::max(1.0, flops / kMinFlopsPerThread);
+  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>({nthreads, units, static_cast<int64_t>(by_work)})));
+}
+
+template <class Isa, class T>
+size_t pack_elems(int64_t m, int64_t n, int64_t k) {
+  const PackSizes<Isa, T> ps(m, n, k);
+  return ps.a + ps.b;
+}
+
+// ---------------------------------------------------------------------------------- forward
+
+// One (n, query block) tile row: online softmax over key blocks, out accumulated in place.
+template <class Isa, class T>
+void forward_block(const SdpaArgs<T>& a, int64_t n, int64_t i0, int64_t bc, const T* kt, T* s, T* mrun, T* lrun,
+                   T* abuf, T* bbuf, const DropoutKey& drop) {
+  const T ninf = -std::numeric_limits<T>::infinity();
+  const int64_t rows = std::min(kFwdBr, a.l - i0);
+  const T* q = a.q + (n * a.l + i0) * a.e;
+  T* o = a.out + (n * a.l + i0) * a.ev;
+  std::fill(o, o + rows * a.ev, T(0));
+  std::fill(mrun, mrun + rows, ninf);
+  std::fill(lrun, lrun + rows, T(0));
+  // Causal: rows i < i0 + rows see keys j <= i, so key blocks past the diagonal are skipped.
+  const int64_t kv_end = a.causal ? std::min(a.s, i0 + rows) : a.s;
+  for (int64_t j0 = 0; j0 < kv_end; j0 += bc) {
+    const int64_t cols = std::min(bc, kv_end - j0);
+    tile_gemm<Isa, T>(rows, cols, a.e, q, a.e, false, kt + j0 * a.e, bc, false, s, bc, a.scale, T(0), abuf,
+                      bbuf);
+    mask_tile(a, n, i0, rows, j0, cols, s, bc);
+    for (int64_t r = 0; r < rows; ++r) {
+      T* srow = s + r * bc;
+      const T mx = rowops::row_max<Isa, T>(srow, cols);
+      const T mnew = std::max(mrun[r], mx);
+      if (mnew == ninf || std::isnan(mnew)) {  // nothing visible yet in this row
+        std::fill(srow, srow + cols, T(0));
+        continue;
+      }
+      const T alpha = mrun[r] == ninf ? T(0) : std::exp(mrun[r] - mnew);
+      const T sum = exp_row<Isa, T>(srow, cols, mnew);
+      lrun[r] = lrun[r] * alpha + sum;
+      if (alpha != T(1)) scale_row<Isa, T>(o + r * a.ev, a.ev, alpha);
+      mrun[r] = mnew;
+      if (drop.on) apply_dropout(srow, cols, static_cast<uint64_t>((n * a.l + i0 + r) * a.s + j0), drop);
+    }
+    tile_gemm<Isa, T>(rows, a.ev, cols, s, bc, false, a.v + (n * a.s + j0) * a.ev, a.ev, false, o, a.ev, T(1),
+                      T(1), abuf, bbuf);
+  }
+  T* lse = a.lse + n * a.l + i0;
+  for (int64_t r = 0; r < rows; ++r) {
+    const bool any = lrun[r] > T(0);
+    scale_row<Isa, T>(o + r * a.ev, a.ev, any ? T(1) / lrun[r] : T(0));
+    lse[r] = any ? mrun[r] + std::log(lrun[r]) : ninf;
+  }
+}
+
+template <class Isa, class T>
+void sdpa_forward(const SdpaArgs<T>& a) {
+  if (a.n <= 0 || a.l <= 0) return;
+  const int64_t qblocks = (a.l + kFwdBr - 1) / kFwdBr;
+  const int64_t units = a.n * qblocks;
+  const double flops = 2.0 * static_cast<double>(a.n) * a.l * a.s * (a.e + a.ev) * (a.causal ? 0.5 : 1.0);
+  const int nt = sdpa_threads(flops, units, a.nthreads);
+  const size_t tile = static_cast<size_t>(kFwdBr * kFwdBc);
+  const size_t pack = pack_elems<Isa, T>(kFwdBr, std::max(kFwdBc, a.ev), std::max(a.e, kFwdBc));
+  const int64_t bc = a.causal ? kFwdBcCausal : kFwdBc;
+  const size_t kt_elems = static_cast<size_t>((a.s + bc - 1) / bc * bc * a.e);
+  const size_t per = tile + 2 * kFwdBr + pack + kt_elems + 64;
+  std::vector<T> buf(per * static_cast<size_t>(nt));  // allocated (and may throw) before the region
+  const DropoutKey drop = make_dropout(a.dropout_p, a.seed);
+#pragma omp parallel num_threads(nt) if (nt > 1)
+  {
+    DenormalsFlushed ftz;
+    const int tid = omp_get_thread_num();
+    T* s = buf.data() + per * static_cast<size_t>(tid);
+    T* mrun = s + tile;
+    T* lrun = mrun + kFwdBr;
+    T* abuf = lrun + kFwdBr;
+    T* bbuf = abuf + PackSizes<Isa, T>(kFwdBr, std::max(kFwdBc, a.ev), std::max(a.e, kFwdBc)).a;
+    T* kt = abuf + pack;
+    // Contiguous runs of units per thread (measured ~5% faster than claiming runs from a shared
+    // counter): K[n] is transposed once per thread and n.
+    int64_t begin, end, kt_n = -1;
+    rowops::split_range(units, omp_get_num_threads(), tid, &begin, &end);
+    for (int64_t u = begin; u < end; ++u) {
+      const int64_t n = u / qblocks;
+      if (n != kt_n) {
+        transpose_blocked(a.k + n * a.s * a.e, a.s, a.e, bc, kt);
+        kt_n = n;
+      }
+      forward_block<Isa, T>(a, n, (u % qblocks) * kFwdBr, bc, kt, s, mrun, lrun, abuf, bbuf, drop);
+    }
+  }
+}
+
+// --------------------------------------------------------------------------------- backward
+
+// All of dq[n], dk[n], dv[n]: key blocks outer (dk_j, dv_j accumulate in place), query blocks
+// inner (dq_i accumulates in place).
+template <class Isa, class T>
+void backward_one(const SdpaArgs<T>& a, int64_t n, T* p, T* dp, T* d, T* kt, T* vt, T* abuf, T* bbuf,
+                  const DropoutKey& drop) {
+  const T* q = a.q + n * a.l * a.e;
+  const T* k = a.k + n * a.s * a.e;
+  const T* v = a.v + n * a.s * a.ev;
+  const T* dout = a.dout + n * a.l * a.ev;
+  const T* out = a.out + n * a.l * a.ev;
+  const T* lse = a.lse + n * a.l;
+  T* dq = a.dq + n * a.l * a.e;
+  T* dk = a.dk + n * a.s * a.e;
+  T* dv = a.dv + n * a.s * a.ev;
+  std::fill(dq, dq + a.l * a.e, T(0));
+  std::fill(dk, dk + a.s * a.e, T(0));
+  std::fill(dv, dv + a.s * a.ev, T(0));
+  for (int64_t i = 0; i < a.l; ++i) d[i] = dot_row<Isa, T>(dout + i * a.ev, out + i * a.ev, a.ev);
+  transpose_blocked(k, a.s, a.e, kBwdBc, kt);
+  transpose_blocked(v, a.s, a.ev, kBwdBc, vt);
+  for (int64_t j0 = 0; j0 < a.s; j0 += kBwdBc) {
+    const int64_t cols = std::min(kBwdBc, a.s - j0);
+    const int64_t i_first = a.causal ? j0 / kBwdBr * kBwdBr : 0;  // query blocks that see key j0
+    for (int64_t i0 = i_first; i0 < a.l; i0 += kBwdBr) {
+      const int64_t rows = std::min(kBwdBr, a.l - i0);
+      tile_gemm<Isa, T>(rows, cols, a.e, q + i0 * a.e, a.e, false, kt + j0 * a.e, kBwdBc, false, p, kBwdBc, a.scale,
+                        T(0), abuf, bbuf);
+      mask_tile(a, n, i0, rows, j0, cols, p, kBwdBc);
+      for (int64_t r = 0; r < rows; ++r) {
+        T* prow = p + r * kBwdBc;
+        const T l = lse[i0 + r];
+        if (std::isinf(l) || std::isnan(l)) {
+          std::fill(prow, prow + cols, T(0));
+        } else {
+          exp_row<Isa, T>(prow, cols, l);
+        }
+      }
+      // dv_j += (p f)^T dout_i   (pd in dp's buffer first)
+      const T* pd = p;
+      if (drop.on) {
+        for (int64_t r = 0; r < rows; ++r) {
+          std::copy(p + r * kBwdBc, p + r * kBwdBc + cols, dp + r * kBwdBc);
+          apply_dropout(dp + r * kBwdBc, cols, static_cast<uint64_t>((n * a.l + i0 + r) * a.s + j0), drop);
+        }
+        pd = dp;
+      }
+      tile_gemm<Isa, T>(cols, a.ev, rows, pd, kBwdBc, true, dout + i0 * a.ev, a.ev, false, dv + j0 * a.ev, a.ev, T(1),
+                        T(1), abuf, bbuf);
+      // dp = (dout_i v_j^T) f,  ds = p (dp - D)  (in p's buffer)
+      tile_gemm<Isa, T>(rows, cols, a.ev, dout + i0 * a.ev, a.ev, false, vt + j0 * a.ev, kBwdBc, false, dp, kBwdBc,
+                        T(1), T(0), abuf, bbuf);
+      for (int64_t r = 0; r < rows; ++r) {
+        T* dprow = dp + r * kBwdBc;
+        if (drop.on) apply_dropout(dprow, cols, static_cast<uint64_t>((n * a.l + i0 + r) * a.s + j0), drop);
+        T* prow = p + r * kBwdBc;
+        const T di = d[i0 + r];
+        for (int64_t c = 0; c < cols; ++c) prow[c] = prow[c] * (dprow[c] - di);
+      }
+      tile_gemm<Isa, T>(rows, a.e, cols, p, kBwdBc, false, k + j0 * a.e, a.e, false, dq + i0 * a.e, a.e, a.scale, T(1),
+                        abuf, bbuf);
+      tile_gemm<Isa, T>(cols, a.e, rows, p, kBwdBc, true, q + i0 * a.e, a.e, false, dk + j0 * a.e, a.e, a.scale, T(1),
+                        abuf, bbuf);
+    }
+  }
+}
+
+template <class Isa, class T>
+void sdpa_backward(const SdpaArgs<T>& a) {
+  if (a.n <= 0) return;
+  const double flops = 5.0 * static_cast<double>(a.n) * a.l * a.s * (a.e + a.ev) * (a.causal ? 0.5 : 1.0);
+  const int nt = sdpa_threads(flops, a.n, a.nthreads);
+  const size_t tile = static_cast<size_t>(kBwdBr * kBwdBc);
+  const int64_t mx = std::max({kBwdBr, kBwdBc, a.e, a.ev});
+  const PackSizes<Isa, T> ps(std::max(kBwdBr, kBwdBc), mx, mx);
+  const int64_t s_pad = (a.s + kBwdBc - 1) / kBwdBc * kBwdBc;
+  const size_t per = 2 * tile + static_cast<size_t>(a.l + s_pad * (a.e + a.ev)) + ps.a + ps.b + 64;
+  std::vector<T> buf(per * static_cast<size_t>(nt));
+  const DropoutKey drop = make_dropout(a.dropout_p, a.seed);
+#pragma omp parallel num_threads(nt) if (nt > 1)
+  {
+    DenormalsFlushed ftz;
+    const int tid = omp_get_thread_num();
+    T* p = buf.data() + per * static_cast<size_t>(tid);
+    T* dp = p + tile;
+    T* d = dp + tile;
+    T* abuf = d + a.l;
+    T* bbuf = abuf + ps.a;
+    T* kt = bbuf + ps.b;
+    T* vt = kt + s_pad * a.e;
+    int64_t begin, end;
+    rowops::split_range(a.n, omp_get_num_threads(), tid, &begin, &end);
+    for (int64_t n = begin; n < end; ++n) backward_one<Isa, T>(a, n, p, dp, d, kt, vt, abuf, bbuf, drop);
+  }
+}
+
+}  // namespace
+
+template <>
+const AttentionKernels& attention_kernels<TargetIsa>() {
+  static const AttentionKernels table = {
+      &sdpa_forward<TargetIsa, float>,
+      &sdpa_forward<TargetIsa, double>,
+      &sdpa_backward<TargetIsa, float>,
+      &sdpa_backward<TargetIsa, double>,
+  };
+  return table;
+}
+
+}  // namespace seqblocks

@@ -1,0 +1,151 @@
+"""Scaled dot-product attention as ``torch.nn.functional.scaled_dot_product_attention``:
+``sdpa_forward`` -> (out, workspace), ``sdpa_backward`` -> (dq, dk, dv, None).
+
+Formulas in ``seqblocks.reference.attention``; native kernels in ``cpp/ops/attention*``: a tiled
+forward with an online softmax that keeps only the per-row log-sum-exp, and a backward that
+recomputes the probabilities tile by tile, so neither direction allocates an L x S buffer.
+The workspace keeps (references to) q, k, v, the mask, the output and the log-sum-exp.
+
+Differences from PyTorch: a fully masked query row gives zeros and zero gradients (PyTorch: NaN).
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import operator
+
+import numpy as np
+
+from .. import _core, reference
+from .._backend import use_reference
+from ._checks import float_array, same_dtype, shape_str
+from ._pairs import c_order, check_grad_output
+
+
+def _check_inputs(q, k, v):
+    q, k, v = float_array(q, "query"), float_array(k, "key"), float_array(v, "value")
+    same_dtype({"query": q, "key": k, "value": v})
+    for name, a in (("query", q), ("key", k), ("value", v)):
+        if a.ndim < 2:
+            raise ValueError(f"{name}: expected an array of at least 2 dims (..., len, features), "
+                             f"got shape {shape_str(a.shape)}")
+    lead = q.shape[:-2]
+    if k.shape[:-2] != lead or v.shape[:-2] != lead:
+        raise ValueError(f"key, value: expected leading dims {shape_str(lead)} (query's), got key "
+                         f"{shape_str(k.shape)} and value {shape_str(v.shape)}")
+    if k.shape[-1] != q.shape[-1]:
+        raise ValueError(f"key: expected last dim {q.shape[-1]} (query's head size), got shape {shape_str(k.shape)}")
+    if v.shape[-2] != k.shape[-2]:
+        raise ValueError(f"value: expected {k.shape[-2]} rows (key's source length), got shape {shape_str(v.shape)}")
+    return q, k, v
+
+
+def _check_mask(attn_mask, q, target: tuple):
+    """attn_mask as bool or q's float dtype, broadcastable to ``target`` (..., L, S)."""
+    if attn_mask is None:
+        return None
+    m = attn_mask if isinstance(attn_mask, np.ndarray) else np.asarray(attn_mask)
+    if m.dtype != np.bool_:
+        if m.dtype.kind != "f":
+            raise TypeError(f"attn_mask: expected a bool or {q.dtype} array, got dtype {m.dtype}")
+        if m.dtype != q.dtype:
+            raise TypeError(f"attn_mask: expected dtype bool or {q.dtype} (query's), got {m.dtype}")
+    ok = m.ndim <= len(target) and all(a in (1, b) for a, b in zip(m.shape[::-1], target[::-1]))
+    if not ok:
+        raise ValueError(f"attn_mask: expected a shape broadcastable to {shape_str(target)} (..., L, S), "
+                         f"got {shape_str(m.shape)}")
+    return m
+
+
+def _check_options(is_causal, attn_mask, scale, dropout_p, seed):
+    if is_causal and attn_mask is not None:
+        raise ValueError("attn_mask: expected None when is_causal=True (pass one or the other)")
+    if scale is not None:
+        if isinstance(scale, bool) or not isinstance(scale, numbers.Real):
+            raise TypeError(f"scale: expected a float or None, got {type(scale).__name__}")
+        scale = float(scale)
+    if isinstance(dropout_p, bool) or not isinstance(dropout_p, numbers.Real):
+        raise TypeError(f"dropout_p: expected a float in [0, 1], got {type(dropout_p).__name__}")
+    dropout_p = float(dropout_p)
+    if not 0.0 <= dropout_p <= 1.0:
+        raise ValueError(f"dropout_p: expected a probability in [0, 1], got {dropout_p}")
+    if dropout_p > 0.0:
+        if seed is None:
+            raise TypeError("seed: expected an int when dropout_p > 0, got None")
+        try:
+            seed = operator.index(seed) % (1 << 64)
+        except TypeError:
+            raise TypeError(f"seed: expected an int, got {type(seed).__name__}") from None
+    else:
+        seed = 0
+    return scale, dropout_p, seed
+
+
+def _native_mask(mask, dtype, lead: tuple, L: int, S: int):
+    """(flat additive mask, per-(flattened lead) element offsets, row stride, column stride)."""
+    if mask is None:
+        return None, None, 0, 0
+    if mask.dtype == np.bool_:
+        add = np.where(mask, dtype.type(0), dtype.type(-np.inf))
+    else:
+        add = c_order(mask)
+    view = np.broadcast_to(add, lead + (L, S))
+    item = add.itemsize
+    strides = [s // item for s in view.strides]
+    if lead:
+        idx = np.indices(lead, dtype=np.int64).reshape(len(lead), -1)
+        offsets = (idx * np.array(strides[:-2], np.int64)[:, None]).sum(axis=0)
+    else:
+        offsets = np.zeros(1, np.int64)
+    return add.reshape(-1), np.ascontiguousarray(offsets, np.int64), strides[-2], strides[-1]
+
+
+def sdpa_forward(q, k, v, attn_mask=None, is_causal=False, scale=None, dropout_p=0.0, *, seed=None,
+                 needs_grad=True):
+    """softmax(scale q k^T + mask) v over the last two dims; returns (out (..., L, Ev), workspace or None).
+
+    q (..., L, E), k (..., S, E), v (..., S, Ev) with equal leading dims; attn_mask broadcastable
+    to (..., L, S): bool (True = may attend) or q's float dtype (added to the scores); is_causal
+    lets query i attend keys j <= i (top-left aligned, as PyTorch); scale defaults to 1/sqrt(E);
+    dropout on the probabilities uses the counter-based mask of ``dropout_forward`` keyed by
+    (seed, n*L*S + i*S + j) with n the flattened leading index."""
+    q, k, v = _check_inputs(q, k, v)
+    lead, (L, E), S, Ev = q.shape[:-2], q.shape[-2:], k.shape[-2], v.shape[-1]
+    mask = _check_mask(attn_mask, q, lead + (L, S))
+    scale, dropout_p, seed = _check_options(bool(is_causal), mask, scale, dropout_p, seed)
+    N = math.prod(lead)
+    if use_reference() or 0 in (N, L, S, E, Ev):
+        out, ws = reference.sdpa_forward(q, k, v, mask, bool(is_causal), scale, dropout_p, seed=seed,
+                                         needs_grad=needs_grad)
+        if ws is not None:
+            ws["backend"] = "numpy"
+        return out, ws
+    sc = 1.0 / math.sqrt(E) if scale is None else scale
+    q3, k3, v3 = (c_order(a).reshape(N, a.shape[-2], a.shape[-1]) for a in (q, k, v))
+    mflat, moff, msl, mss = _native_mask(mask, q.dtype, lead, L, S)
+    out3, lse = _core.sdpa_forward(q3, k3, v3, mflat, moff, msl, mss, bool(is_causal), sc, dropout_p, seed)
+    out = out3.reshape(lead + (L, Ev))
+    if not needs_grad:
+        return out, None
+    ws = {"op": "sdpa", "backend": "native", "q": q, "k": k, "v": v, "mask": mask, "lse": lse, "out": out,
+          "native": (q3, k3, v3, out3, mflat, moff, msl, mss), "is_causal": bool(is_causal), "scale": sc,
+          "dropout_p": dropout_p, "seed": seed}
+    return out, ws
+
+
+def sdpa_backward(grad_output, workspace):
+    """grad_output (..., L, Ev) -> (dq, dk, dv, None); probabilities recomputed per tile."""
+    if not isinstance(workspace, dict) or workspace.get("op") != "sdpa":
+        raise ValueError(f"workspace: expected the workspace returned by sdpa_forward(..., needs_grad=True), "
+                         f"got {type(workspace).__name__}")
+    out = workspace["out"]
+    dy = check_grad_output(grad_output, out.shape, out.dtype)
+    if workspace["backend"] == "numpy":
+        return reference.sdpa_backward(dy, workspace)
+    q3, k3, v3, out3, mflat, moff, msl, mss = workspace["native"]
+    dq, dk, dv = _core.sdpa_backward(c_order(dy).reshape(out3.shape), q3, k3, v3, out3, workspace["lse"], mflat,
+                                     moff, msl, mss, workspace["is_causal"], workspace["scale"],
+                                     workspace["dropout_p"], workspace["seed"])
+    q, k, v = workspace["q"], workspace["k"], workspace["v"]
+    return dq.reshape(q.shape), dk.reshape(k.shape), dv.reshape(v.shape), None

@@ -1,0 +1,112 @@
+"""NumPy reference for scaled dot-product attention (the twin of ``seqblocks.ops.sdpa_*``).
+
+Shapes: q (..., L, E), k (..., S, E), v (..., S, Ev) with equal leading dims (flattened to N);
+attn_mask broadcastable to (..., L, S), either additive (float, q's dtype) or boolean (True = may
+attend). The reference materialises the (N, L, S) scores; the native kernel does not.
+
+    s = scale * q @ k^T  (+ mask, or -inf where a boolean mask is False or j > i when causal)
+    m = max_j s,  l = sum_j exp(s - m),  lse = m + log(l),  p = exp(s - lse)
+    pd = p * f   (f the counter-based dropout factors of docs/ops.md, keyed by (seed, n*L*S + i*S + j))
+    out = pd @ v
+A row whose every score is -inf (fully masked) has lse = -inf, p = 0 and out = 0 (PyTorch: NaN).
+
+Backward, with D_i = sum_e dout_ie out_ie:
+    dv = pd^T @ dout,  dp = (dout @ v^T) * f,  ds = p * (dp - D),  dq = scale ds @ k,  dk = scale ds^T @ q
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .dropout import dropout_mask
+
+
+def _flat(a: np.ndarray, lead: tuple) -> np.ndarray:
+    n = int(np.prod(lead, dtype=np.int64)) if lead else 1
+    return a.reshape((n,) + a.shape[len(lead):])
+
+
+def _scores(q, k, mask, is_causal, scale):
+    """(N, L, S) scores with masking applied (-inf where masked). q, k flattened."""
+    s = np.matmul(q, np.swapaxes(k, -1, -2)) * q.dtype.type(scale)
+    L, S = s.shape[-2:]
+    if mask is not None:
+        if mask.dtype == np.bool_:
+            s = np.where(mask, s, -np.inf).astype(q.dtype, copy=False)
+        else:
+            s = s + mask
+    if is_causal:
+        keep = np.tril(np.ones((L, S), dtype=bool))
+        s = np.where(keep, s, -np.inf).astype(q.dtype, copy=False)
+    return s
+
+
+def _probs(s, lse):
+    with np.errstate(invalid="ignore", over="ignore"):
+        fin = np.isfinite(lse)[..., None]
+        p = np.where(fin, np.exp(s - np.where(fin, lse[..., None], 0)), 0).astype(s.dtype, copy=False)
+    return p
+
+
+def _factors(shape, dtype, p, seed):
+    if p == 0.0:
+        return None
+    if p >= 1.0:
+        return np.zeros(shape, dtype)
+    keep = dropout_mask(int(np.prod(shape)), p, seed).reshape(shape)
+    return np.where(keep, dtype.type(1.0 / (1.0 - p)), dtype.type(0))
+
+
+def sdpa_forward(q, k, v, attn_mask=None, is_causal=False, scale=None, dropout_p=0.0, *, seed=None,
+                 needs_grad=True):
+    """Returns (out (..., L, Ev), workspace or None). ``attn_mask`` already broadcast to (..., L, S)."""
+    lead = q.shape[:-2]
+    L, E = q.shape[-2:]
+    S = k.shape[-2]
+    scale = 1.0 / np.sqrt(E) if scale is None else float(scale)
+    qf, kf, vf = _flat(q, lead), _flat(k, lead), _flat(v, lead)
+    mf = None if attn_mask is None else _flat(np.broadcast_to(attn_mask, lead + (L, S)), lead)
+    with np.errstate(invalid="ignore", over="ignore"):
+        s = _scores(qf, kf, mf, is_causal, scale)
+        m = s.max(axis=-1, initial=-np.inf)
+        fin = np.isfinite(m)
+        e = np.exp(s - np.where(fin, m, 0)[..., None])
+        l = e.sum(axis=-1)
+        lse = np.where(l > 0, np.where(fin, m, 0) + np.log(np.where(l > 0, l, 1)), -np.inf).astype(q.dtype)
+    p = _probs(s, lse)
+    f = _factors(p.shape, q.dtype, float(dropout_p), 0 if seed is None else int(seed))
+    pd = p if f is None else p * f
+    out = np.matmul(pd, vf).astype(q.dtype, copy=False).reshape(lead + (L, vf.shape[-1]))
+    if not needs_grad:
+        return out, None
+    ws = {"op": "sdpa", "backend": "numpy", "q": q, "k": k, "v": v, "mask": attn_mask, "lse": lse, "out": out,
+          "is_causal": bool(is_causal), "scale": scale, "dropout_p": float(dropout_p),
+          "seed": 0 if seed is None else int(seed)}
+    return out, ws
+
+
+def sdpa_backward(grad_output, workspace):
+    """Returns (dq, dk, dv, None); probabilities recomputed from q, k and the log-sum-exp."""
+    q, k, v, mask = workspace["q"], workspace["k"], workspace["v"], workspace["mask"]
+    lead = q.shape[:-2]
+    L, S = q.shape[-2], k.shape[-2]
+    scale = workspace["scale"]
+    qf, kf, vf = _flat(q, lead), _flat(k, lead), _flat(v, lead)
+    mf = None if mask is None else _flat(np.broadcast_to(mask, lead + (L, S)), lead)
+    dout = _flat(grad_output, lead)
+    out = _flat(workspace["out"], lead)
+    with np.errstate(invalid="ignore", over="ignore"):
+        s = _scores(qf, kf, mf, workspace["is_causal"], scale)
+    p = _probs(s, workspace["lse"])
+    f = _factors(p.shape, q.dtype, workspace["dropout_p"], workspace["seed"])
+    pd = p if f is None else p * f
+    dv = np.matmul(np.swapaxes(pd, -1, -2), dout)
+    dp = np.matmul(dout, np.swapaxes(vf, -1, -2))
+    if f is not None:
+        dp = dp * f
+    d = np.sum(dout * out, axis=-1, keepdims=True)
+    ds = p * (dp - d) * q.dtype.type(scale)
+    dq = np.matmul(ds, kf)
+    dk = np.matmul(np.swapaxes(ds, -1, -2), qf)
+    dt = q.dtype
+    return (dq.astype(dt).reshape(q.shape), dk.astype(dt).reshape(k.shape), dv.astype(dt).reshape(v.shape), None)

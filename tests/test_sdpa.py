@@ -1,0 +1,277 @@
+"""Scaled dot-product attention: native tiled kernels vs the NumPy reference on every ISA (tail
+shapes, every mask kind, dropout), float64 gradient checks of both backends, PyTorch parity of
+``F.scaled_dot_product_attention`` (forward and autograd backward), fully masked rows, thread-count
+invariance and bad input."""
+
+import numpy as np
+import pytest
+
+import seqblocks
+import seqblocks.nn.functional as F
+from seqblocks import ops, reference
+from seqblocks.reference.attention import _flat, _probs, _scores
+from seqblocks.testing import assert_close, gradcheck, sum_factor
+
+DTYPES = [np.float32, np.float64]
+# (L, S, E, Ev): tails of the query block (64), key blocks (64 / 128) and the SIMD widths.
+SHAPES = [(1, 1, 1, 1), (3, 7, 15, 16), (17, 31, 33, 63), (65, 127, 16, 17), (129, 65, 64, 64),
+          (64, 129, 7, 3), (33, 257, 31, 65)]
+MASKS = ["none", "causal", "bool", "float"]
+
+
+def make_inputs(rng, lead, L, S, E, Ev, dtype, mask_kind, mask_shape=None):
+    q = rng.standard_normal(lead + (L, E)).astype(dtype)
+    k = rng.standard_normal(lead + (S, E)).astype(dtype)
+    v = rng.standard_normal(lead + (S, Ev)).astype(dtype)
+    shape = mask_shape or (lead + (L, S))
+    mask = None
+    if mask_kind == "bool":
+        mask = rng.random(shape) < 0.7
+        mask[..., 0] = True  # no fully masked row here (tested separately)
+    elif mask_kind == "float":
+        mask = rng.standard_normal(shape).astype(dtype)
+        mask[rng.random(shape) < 0.2] = -np.inf
+        mask[..., 0] = 0.0
+    return q, k, v, mask
+
+
+def magnitudes(q, k, v, dout, mask, causal, scale):
+    """What the rounding errors of out, dq, dk, dv scale with (float64): the error of p_ij is
+    relative to the score magnitude C_i = 1 + |lse_i| + max_j scale |q_i| . |k_j|, and each output
+    is a sum of such terms (so its magnitude is the same sum taken over absolute values)."""
+    lead = q.shape[:-2]
+    L, S = q.shape[-2], k.shape[-2]
+    q64, k64, v64, d64 = (_flat(a.astype(np.float64), lead) for a in (q, k, v, dout))
+    m = None if mask is None else _flat(np.broadcast_to(mask, lead + (L, S)), lead)
+    if m is not None and m.dtype != np.bool_:
+        m = m.astype(np.float64)
+    with np.errstate(invalid="ignore", over="ignore"):
+        s = _scores(q64, k64, m, causal, scale)
+        mx = s.max(-1, initial=-np.inf)
+        fin = np.isfinite(mx)
+        lse = np.where(fin, mx + np.log(np.exp(s - np.where(fin, mx, 0)[..., None]).sum(-1)), -np.inf)
+    p = _probs(s, lse)
+    a = scale * np.abs(q64) @ np.abs(np.swapaxes(k64, -1, -2))
+    c = 1.0 + np.where(fin, np.abs(lse), 0) + a.max(-1)
+    pc = p * c[..., None]
+    out = pc @ np.abs(v64)
+    g = np.abs(d64) @ np.abs(np.swapaxes(v64, -1, -2)) + np.sum(np.abs(d64) * (p @ np.abs(v64)), -1, keepdims=True)
+    ds = pc * g
+    r = lambda x, ref: x.reshape(ref.shape)  # noqa: E731
+    return (r(out, np.empty(lead + (L, v.shape[-1]))), r(scale * ds @ np.abs(k64), q),
+            r(scale * np.swapaxes(ds, -1, -2) @ np.abs(q64), k), r(np.swapaxes(pc, -1, -2) @ np.abs(d64), v))
+
+
+def check_against_reference(actual, ref_fwd, q, k, v, mask, causal, dout, grads=None, ref_grads=None, dropout_p=0.0):
+    E = q.shape[-1]
+    scale = 1.0 / np.sqrt(E)
+    # kept probabilities are scaled by 1/(1-p): so are the magnitudes of everything after them
+    mags = [m / (1.0 - dropout_p) for m in magnitudes(q, k, v, dout, mask, causal, scale)]
+    factor = sum_factor(max(q.shape[-2], k.shape[-2], E, v.shape[-1]))
+    assert_close(actual, ref_fwd, magnitude=mags[0], factor=factor, what="out")
+    if grads is not None:
+        for name, g, rg, mag in zip(("dq", "dk", "dv"), grads, ref_grads, mags[1:]):
+            assert_close(g, rg, magnitude=mag, factor=factor, what=name)
+
+
+def reference64(q, k, v, mask, causal, dout, dropout_p=0.0, seed=None):
+    """The reference in float64 (the exact answer the float32 kernels are compared with)."""
+    up = lambda a: None if a is None else (a if a.dtype == np.bool_ else a.astype(np.float64))  # noqa: E731
+    out, ws = reference.sdpa_forward(up(q), up(k), up(v), up(mask), causal, None, dropout_p, seed=seed)
+    return out, reference.sdpa_backward(up(dout), ws)[:3]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("mask_kind", MASKS)
+def test_native_matches_reference(isa, rng, dtype, shape, mask_kind):
+    L, S, E, Ev = shape
+    q, k, v, mask = make_inputs(rng, (2,), L, S, E, Ev, dtype, mask_kind)
+    causal = mask_kind == "causal"
+    out, ws = ops.sdpa_forward(q, k, v, mask, causal)
+    assert out.dtype == dtype and out.shape == (2, L, Ev)
+    dout = rng.standard_normal(out.shape).astype(dtype)
+    grads = ops.sdpa_backward(dout, ws)
+    assert grads[3] is None
+    ref_out, ref_grads = reference64(q, k, v, mask, causal, dout)
+    check_against_reference(out, ref_out, q, k, v, mask, causal, dout, grads[:3], ref_grads)
+
+
+@pytest.mark.parametrize("mask_shape", [(5, 9), (1, 9), (5, 1), (3, 1, 5, 9), (1, 2, 5, 9), (2, 1, 9)])
+def test_broadcast_masks(rng, mask_shape):
+    q, k, v, mask = make_inputs(rng, (3, 2), 5, 9, 8, 4, np.float64, "float", mask_shape)
+    out, ws = ops.sdpa_forward(q, k, v, mask)
+    dout = rng.standard_normal(out.shape)
+    grads = ops.sdpa_backward(dout, ws)
+    ref_out, ref_grads = reference64(q, k, v, mask, False, dout)
+    check_against_reference(out, ref_out, q, k, v, mask, False, dout, grads[:3], ref_grads)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "native"])
+@pytest.mark.parametrize("mask_kind", MASKS + ["dropout"])
+def test_gradcheck(rng, backend, mask_kind):
+    q, k, v, mask = make_inputs(rng, (2,), 4, 6, 3, 2, np.float64, "float" if mask_kind == "dropout" else mask_kind)
+    causal = mask_kind == "causal"
+    p = 0.3 if mask_kind == "dropout" else 0.0
+    with seqblocks.backend(backend):
+        gradcheck(lambda q, k, v: ops.sdpa_forward(q, k, v, mask, causal, None, p, seed=7),
+                  lambda g, ws: ops.sdpa_backward(g, ws)[:3],
+                  [q, k, v], what=f"sdpa {backend} {mask_kind}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_dropout_matches_reference(isa, rng, dtype):
+    q, k, v, _ = make_inputs(rng, (2, 2), 70, 130, 16, 8, dtype, "none")
+    out, ws = ops.sdpa_forward(q, k, v, None, False, None, 0.25, seed=123)
+    dout = rng.standard_normal(out.shape).astype(dtype)
+    grads = ops.sdpa_backward(dout, ws)
+    ref_out, ref_grads = reference64(q, k, v, None, False, dout, 0.25, 123)
+    check_against_reference(out, ref_out, q, k, v, None, False, dout, grads[:3], ref_grads, dropout_p=0.25)
+    out1, _ = ops.sdpa_forward(q, k, v, None, False, None, 1.0, seed=1)
+    assert not out1.any()
+
+
+@pytest.mark.parametrize("backend", ["numpy", "native"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_fully_masked_rows_are_zero(rng, backend, dtype):
+    q, k, v, _ = make_inputs(rng, (2,), 6, 70, 8, 5, dtype, "none")
+    mask = rng.random((2, 6, 70)) < 0.5
+    mask[0, 2] = False
+    mask[1, 5] = False
+    with seqblocks.backend(backend):
+        out, ws = ops.sdpa_forward(q, k, v, mask)
+        dq, dk, dv, _ = ops.sdpa_backward(np.ones_like(out), ws)
+    for a in (out, dq, dk, dv):
+        assert np.isfinite(a).all()
+    assert not out[0, 2].any() and not out[1, 5].any()
+    assert not dq[0, 2].any() and not dq[1, 5].any()
+    # a float mask of -inf, and keys S = 0, behave the same
+    fmask = np.where(mask, 0, -np.inf).astype(dtype)
+    with seqblocks.backend(backend):
+        out2, _ = ops.sdpa_forward(q, k, v, fmask)
+        out3, _ = ops.sdpa_forward(q, k[:, :0], v[:, :0])
+    assert np.array_equal(out2, out) and out3.shape == (2, 6, 5) and not out3.any()
+
+
+def test_thread_count_invariance(rng):
+    q, k, v, mask = make_inputs(rng, (5,), 130, 200, 32, 16, np.float32, "float")
+    results = []
+    for n in (1, 2, 3):
+        seqblocks.set_num_threads(n)
+        out, ws = ops.sdpa_forward(q, k, v, mask)
+        results.append((out,) + ops.sdpa_backward(np.ones_like(out), ws)[:3])
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            assert np.array_equal(a, b)
+
+
+def test_bad_inputs(rng):
+    q, k, v, _ = make_inputs(rng, (2,), 4, 6, 3, 2, np.float32, "none")
+    with pytest.raises(ValueError, match=r"attn_mask: expected a shape broadcastable to \(2, 4, 6\)"):
+        ops.sdpa_forward(q, k, v, np.ones((4, 5), bool))
+    with pytest.raises(TypeError, match="attn_mask: expected a bool or float32 array, got dtype int64"):
+        ops.sdpa_forward(q, k, v, np.ones((4, 6), np.int64))
+    with pytest.raises(TypeError, match="attn_mask: expected dtype bool or float32"):
+        ops.sdpa_forward(q, k, v, np.ones((4, 6), np.float64))
+    with pytest.raises(ValueError, match="attn_mask: expected None when is_causal=True"):
+        ops.sdpa_forward(q, k, v, np.ones((4, 6), bool), True)
+    with pytest.raises(TypeError, match="expected arrays of one dtype"):
+        ops.sdpa_forward(q, k.astype(np.float64), v)
+    with pytest.raises(ValueError, match="key: expected last dim 3"):
+        ops.sdpa_forward(q, k[..., :2], v)
+    with pytest.raises(ValueError, match="value: expected 6 rows"):
+        ops.sdpa_forward(q, k, v[:, :5])
+    with pytest.raises(ValueError, match="key, value: expected leading dims"):
+        ops.sdpa_forward(q, k[None], v[None])
+    with pytest.raises(ValueError, match="query: expected an array of at least 2 dims"):
+        ops.sdpa_forward(q[0, 0], k, v)
+    with pytest.raises(TypeError, match="query: expected a float32 or float64 array"):
+        ops.sdpa_forward(q.astype(np.int32), k, v)
+    with pytest.raises(ValueError, match="dropout_p: expected a probability"):
+        ops.sdpa_forward(q, k, v, dropout_p=1.5, seed=0)
+    with pytest.raises(TypeError, match="seed: expected an int when dropout_p > 0"):
+        ops.sdpa_forward(q, k, v, dropout_p=0.5)
+    out, ws = ops.sdpa_forward(q, k, v)
+    with pytest.raises(ValueError, match="grad_output: expected shape"):
+        ops.sdpa_backward(out[:, :3], ws)
+    with pytest.raises(ValueError, match="workspace: expected the workspace returned by sdpa_forward"):
+        ops.sdpa_backward(out, None)
+
+
+# ------------------------------------------------------------------------------ PyTorch parity
+
+
+def torch_case(torch, q, k, v, mask, causal, scale=None):
+    tq, tk, tv = (torch.tensor(a, requires_grad=True) for a in (q, k, v))
+    tm = None if mask is None else torch.tensor(mask)
+    out = torch.nn.functional.scaled_dot_product_attention(tq, tk, tv, attn_mask=tm, is_causal=causal, scale=scale)
+    return out, (tq, tk, tv)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "native"])
+@pytest.mark.parametrize("case", ["none", "causal", "bool", "float", "bool_bcast", "float_bcast", "scale", "L>S",
+                                  "causal_L<S", "4d"])
+def test_torch_parity(rng, backend, case):
+    torch = pytest.importorskip("torch")
+    lead, L, S, E, Ev = (2, 3), 33, 47, 16, 24
+    mask_kind, mask_shape, causal, scale = "none", None, False, None
+    if case in ("bool", "float"):
+        mask_kind = case
+    elif case == "bool_bcast":
+        mask_kind, mask_shape = "bool", (L, S)
+    elif case == "float_bcast":
+        mask_kind, mask_shape = "float", (2, 1, L, S)
+    elif case == "causal":
+        causal = True
+    elif case == "scale":
+        scale = 0.37
+    elif case == "L>S":
+        L, S = 70, 20
+    elif case == "causal_L<S":
+        L, S, causal = 20, 70, True
+    elif case == "4d":
+        lead = (2, 2, 2)
+    q, k, v, mask = make_inputs(rng, lead, L, S, E, Ev, np.float64, mask_kind, mask_shape)
+    tout, tin = torch_case(torch, q, k, v, mask, causal, scale)
+    dout = rng.standard_normal(tout.shape)
+    tout.backward(torch.tensor(dout))
+    with seqblocks.backend(backend):
+        tq, tk, tv = (seqblocks.tensor(a, requires_grad=True) for a in (q, k, v))
+        out = F.scaled_dot_product_attention(tq, tk, tv, attn_mask=mask, is_causal=causal, scale=scale)
+        out.backward(dout)
+    # float64 against float64: both are exact to a few eps of the magnitudes above
+    mags = magnitudes(q, k, v, dout, mask, causal, 1 / np.sqrt(E) if scale is None else scale)
+    factor = sum_factor(max(L, S, E, Ev))
+    assert_close(out.numpy(), tout.detach().numpy(), magnitude=mags[0], factor=factor, what="out")
+    for name, ours, theirs, mag in zip(("dq", "dk", "dv"), (tq, tk, tv), tin, mags[1:]):
+        assert_close(ours.grad, theirs.grad.numpy(), magnitude=mag, factor=factor, what=name)
+
+
+def test_torch_parity_float32_native(rng):
+    torch = pytest.importorskip("torch")
+    q, k, v, mask = make_inputs(rng, (2, 4), 130, 129, 64, 64, np.float32, "none")
+    tout, tin = torch_case(torch, q, k, v, None, True)
+    dout = rng.standard_normal(tout.shape).astype(np.float32)
+    tout.backward(torch.tensor(dout))
+    tq, tk, tv = (seqblocks.tensor(a, requires_grad=True) for a in (q, k, v))
+    out = F.scaled_dot_product_attention(tq, tk, tv, is_causal=True)
+    out.backward(dout)
+    mags = magnitudes(q, k, v, dout, None, True, 1 / 8)
+    # two float32 results, each within sum_factor of the exact one
+    factor = 2 * sum_factor(130)
+    assert_close(out.numpy(), tout.detach().numpy(), magnitude=mags[0], factor=factor, what="out")
+    for name, ours, theirs, mag in zip(("dq", "dk", "dv"), (tq, tk, tv), tin, mags[1:]):
+        assert_close(ours.grad, theirs.grad.numpy(), magnitude=mag, factor=factor, what=name)
+
+
+def test_functional_dropout_same_on_both_backends(rng):
+    q, k, v, _ = make_inputs(rng, (2,), 9, 11, 4, 3, np.float32, "none")
+    outs = []
+    for backend in ("numpy", "native"):
+        seqblocks.manual_seed(5)
+        with seqblocks.backend(backend):
+            outs.append(F.scaled_dot_product_attention(q, k, v, dropout_p=0.5).numpy())
+    ref_out, _ = reference64(q, k, v, None, False, np.zeros_like(outs[0]))
+    check_against_reference(outs[1], outs[0].astype(np.float64), q, k, v, None, False, np.zeros_like(outs[0]),
+                            dropout_p=0.5)
+    assert not np.allclose(outs[0], ref_out)  # dropout did something
