@@ -133,7 +133,8 @@ def _decode_step(rng, b, pos, s, layers, torch):
                 return tdec(tp, tmem, tgt_mask=tmask, tgt_is_causal=True)[:, -1]
 
         impls["torch"] = theirs
-    flops = _layer_flops(b, 1, s, True, False) * layers  # the step's own work (cross K/V cached)
+    # the step's own work: the memory's cross-attention K/V projection is cached, not recomputed
+    flops = (_layer_flops(b, 1, s, True, False) - 2.0 * b * s * D * D * 2) * layers
     return Case("transformer", f"TransformerDecoder cached step float32 {layers} layers B={b} pos={pos} S={s} d={D} "
                 f"(torch recomputes the prefix)", flops, impls)
 
