@@ -42,6 +42,9 @@ CASES = {
     "no_weights": ({}, {"need_weights": False}),
     "per_head_weights": ({}, {"average_attn_weights": False, "attn": "float"}),
     "unbatched": ({}, {"unbatched": True, "kpm": "bool"}),
+    "self_attention": ({}, {"self": True, "kpm": "bool"}),
+    "self_attention_batch_first_no_weights": ({"batch_first": True}, {"self": True, "need_weights": False}),
+    "self_attention_unbatched": ({}, {"self": True, "unbatched": True}),
 }
 
 
@@ -89,7 +92,16 @@ def test_torch_parity(rng, backend, case):
           "average_attn_weights": opts.get("average_attn_weights", True),
           "is_causal": opts.get("attn") == "causal"}
 
+    self_attn = opts.get("self", False)
+    if self_attn:
+        S = L
+        key = value = query
+        attn, kpm = make_masks(rng, opts, 1 if unbatched else B, L, S)
+        if unbatched and kpm is not None:
+            kpm = kpm[0]
     tin = [torch.tensor(a, requires_grad=True) for a in (query, key, value)]
+    if self_attn:
+        tin = [tin[0]] * 3
     t_out, t_w = tm(*tin, key_padding_mask=None if kpm is None else torch.tensor(kpm),
                     attn_mask=None if attn is None else torch.tensor(attn), **fw)
     dout = rng.standard_normal(t_out.shape)
@@ -102,6 +114,8 @@ def test_torch_parity(rng, backend, case):
 
     with seqblocks.backend(backend):
         sin = [seqblocks.tensor(a, requires_grad=True) for a in (query, key, value)]
+        if self_attn:
+            sin = [sin[0]] * 3
         out, w = ours(*sin, key_padding_mask=kpm, attn_mask=attn, **fw)
         sloss = (out * dout).sum()
         if w is not None:

@@ -15,7 +15,7 @@ from seqblocks.testing import assert_close, gradcheck, sum_factor
 DTYPES = [np.float32, np.float64]
 # (L, S, E, Ev): tails of the query block (64), key blocks (64 / 128) and the SIMD widths.
 SHAPES = [(1, 1, 1, 1), (3, 7, 15, 16), (17, 31, 33, 63), (65, 127, 16, 17), (129, 65, 64, 64),
-          (64, 129, 7, 3), (33, 257, 31, 65)]
+          (64, 129, 7, 3), (33, 257, 31, 65), (9, 130, 400, 130)]
 MASKS = ["none", "causal", "bool", "float"]
 
 

@@ -176,3 +176,55 @@ def test_bad_input(rng):
         m(q, k[..., :5], v)
     with pytest.raises(ValueError, match="queries: expected a 3-D array"):
         m(q[0], k, v)
+
+
+# ------------------------------------------------------------------ fused additive scores pair
+
+from seqblocks import ops, reference  # noqa: E402
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("h", [1, 3, 7, 15, 16, 17, 31, 33, 65])
+def test_additive_scores_native_matches_reference(isa, rng, dtype, h):
+    qp = rng.standard_normal((2, 5, h)).astype(dtype)
+    kp = rng.standard_normal((2, 9, h)).astype(dtype)
+    w = rng.standard_normal(h).astype(dtype)
+    s, ws = ops.additive_scores_forward(qp, kp, w)
+    ds = rng.standard_normal(s.shape).astype(dtype)
+    grads = ops.additive_scores_backward(ds, ws)
+    up = lambda a: a.astype(np.float64)  # noqa: E731
+    rs, rws = reference.additive_scores_forward(up(qp), up(kp), up(w))
+    rgrads = reference.additive_scores_backward(up(ds), rws)
+    # tanh is within 2 ulp; every output is a sum of h (forward, dw also over B Lq S) such terms
+    t = np.abs(np.tanh(up(qp)[:, :, None, :] + up(kp)[:, None, :, :]))
+    assert_close(s, rs, magnitude=t @ np.abs(up(w)), factor=sum_factor(h), what="scores")
+    g = np.abs(up(ds))[..., None] * np.abs(up(w))
+    for name, a, b, mag in zip(("dqp", "dkp", "dw"), grads, rgrads,
+                               (g.sum(2), g.sum(1), (np.abs(up(ds))[..., None] * t).sum((0, 1, 2)))):
+        assert a.dtype == dtype
+        assert_close(a, b, magnitude=mag, factor=sum_factor(2 * 5 * 9), what=name)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "native"])
+def test_additive_scores_gradcheck(rng, backend):
+    with seqblocks.backend(backend):
+        gradcheck(ops.additive_scores_forward, ops.additive_scores_backward,
+                  [rng.standard_normal((2, 3, 5)), rng.standard_normal((2, 4, 5)), rng.standard_normal(5)],
+                  what=f"additive scores {backend}")
+
+
+def test_additive_scores_threads_and_bad_input(rng):
+    qp, kp, w = rng.standard_normal((5, 40, 33)), rng.standard_normal((5, 50, 33)), rng.standard_normal(33)
+    results = []
+    for n in (1, 2):
+        seqblocks.set_num_threads(n)
+        s, ws = ops.additive_scores_forward(qp, kp, w)
+        results.append((s,) + tuple(ops.additive_scores_backward(np.ones_like(s), ws)))
+    for a, b in zip(*results):
+        assert np.array_equal(a, b)
+    with pytest.raises(ValueError, match=r"kp: expected shape \(5, S, 33\)"):
+        ops.additive_scores_forward(qp, kp[..., :3], w)
+    with pytest.raises(ValueError, match=r"w: expected shape \(33,\)"):
+        ops.additive_scores_forward(qp, kp, w[:3])
+    with pytest.raises(TypeError, match="expected arrays of one dtype"):
+        ops.additive_scores_forward(qp, kp.astype(np.float32), w)

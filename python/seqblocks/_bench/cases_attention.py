@@ -81,16 +81,49 @@ def _mha(rng, b, l, e, heads, torch):
     return Case("attention", f"MultiheadAttention fwd+bwd float32 B={b} L={l} E={e} heads={heads}", flops, impls)
 
 
+def _additive(rng, b, lq, s, h, torch, with_numpy):
+    import seqblocks
+    from seqblocks import ops
+
+    qp, kp = rng.standard_normal((b, lq, h)).astype(np.float32), rng.standard_normal((b, s, h)).astype(np.float32)
+    w = rng.standard_normal(h).astype(np.float32)
+    ds = rng.standard_normal((b, lq, s)).astype(np.float32)
+
+    def ours():
+        scores, ws = ops.additive_scores_forward(qp, kp, w)
+        return ops.additive_scores_backward(ds, ws)
+
+    def numpy_impl():
+        with seqblocks.backend("numpy"):
+            return ours()
+
+    impls = {"seqblocks": ours}
+    if with_numpy:
+        impls["numpy"] = numpy_impl
+    if torch is not None:
+        tq, tk, tw = (torch.tensor(a, requires_grad=True) for a in (qp, kp, w))
+        tds = torch.from_numpy(ds)
+
+        def theirs():
+            tq.grad = tk.grad = tw.grad = None
+            (torch.tanh(tq[:, :, None, :] + tk[:, None, :, :]) @ tw).backward(tds)
+
+        impls["torch"] = theirs
+    return Case("attention", f"additive scores fwd+bwd float32 B={b} Lq={lq} S={s} H={h}", 0.0, impls)
+
+
 def cases(quick: bool) -> list[Case]:
     torch = torch_or_none()
     rng = np.random.default_rng(0)
     if quick:
         return [_sdpa(rng, 2, 4, 128, 128, 64, False, False, torch, True),
                 _sdpa(rng, 2, 4, 128, 128, 64, True, True, torch, True),
-                _mha(rng, 4, 64, 256, 8, torch)]
+                _mha(rng, 4, 64, 256, 8, torch),
+                _additive(rng, 4, 16, 32, 64, torch, True)]
     out = []
     for causal in (False, True):
         out.append(_sdpa(rng, 4, 8, 512, 512, 64, causal, False, torch, False))
         out.append(_sdpa(rng, 4, 8, 512, 512, 64, causal, True, torch, False))
     out.append(_mha(rng, 8, 128, 512, 8, torch))
+    out.append(_additive(rng, 16, 32, 64, 256, torch, False))
     return out

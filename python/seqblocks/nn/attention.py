@@ -15,7 +15,7 @@ import numpy as np
 
 from .. import ops
 from .._random import next_seed
-from ..autograd import Tensor, _to_numpy, cat
+from ..autograd import Function, Tensor, _to_numpy, cat
 from . import functional as F
 from . import init
 from .functional import _OpsPair, _tensor
@@ -55,6 +55,27 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p: f
 
 
 # --------------------------------------------------------------------------- MultiheadAttention
+
+
+class _SplitHeads(Function):
+    """qkv (B, L, 3E) -> q, k, v, each a C-contiguous (B, H, L, D) (one copy in each direction)."""
+
+    @staticmethod
+    def forward(ctx, qkv, heads):
+        B, L, E3 = qkv.shape
+        D = E3 // (3 * heads)
+        ctx.shape = qkv.shape
+        a = np.ascontiguousarray(qkv.reshape(B, L, 3, heads, D).transpose(2, 0, 3, 1, 4))
+        return a[0], a[1], a[2]
+
+    @staticmethod
+    def backward(ctx, dq, dk, dv):
+        B, L, E3 = ctx.shape
+        g = np.empty((B, L, 3) + dq.shape[1:2] + dq.shape[3:], dq.dtype)  # (B, L, 3, H, D)
+        for i, d in enumerate((dq, dk, dv)):
+            g[:, :, i] = d.transpose(0, 2, 1, 3)
+        return g.reshape(B, L, E3), None
+
 
 
 def _float_mask(mask, name: str, dtype, shapes: tuple) -> np.ndarray | None:
@@ -136,8 +157,11 @@ class MultiheadAttention(Module):
         if self.bias_v is not None:
             init.xavier_normal_(self.bias_v)
 
-    def _projections(self, query, key, value):
+    def _projections(self, query, key, value, same: bool):
         E = self.embed_dim
+        if same and self._qkv_same_embed_dim:
+            # self-attention: one (B, L, 3E) product with the packed weight, as PyTorch
+            return F.linear(query, self.in_proj_weight, self.in_proj_bias), None, None
         b = self.in_proj_bias
         bq = bk = bv = None
         if b is not None:
@@ -151,7 +175,10 @@ class MultiheadAttention(Module):
 
     def forward(self, query, key, value, key_padding_mask=None, need_weights: bool = True, attn_mask=None,
                 average_attn_weights: bool = True, is_causal: bool = False):
+        same = query is key and key is value  # self-attention: one packed in-projection
         query, key, value = _tensor(query), _tensor(key), _tensor(value)
+        if same:
+            key = value = query
         if query.ndim not in (2, 3):
             raise ValueError(f"query: expected a 2-D (unbatched) or 3-D array, got shape {query.shape}")
         batched = query.ndim == 3
@@ -162,11 +189,13 @@ class MultiheadAttention(Module):
             raise RuntimeError("Need attn_mask if specifying the is_causal hint. You may use the Transformer "
                                "module method `generate_square_subsequent_mask` to create this mask.")
         if not batched:
-            query, key, value = query.unsqueeze(0), key.unsqueeze(0), value.unsqueeze(0)
+            query = query.unsqueeze(0)
+            key, value = (query, query) if same else (key.unsqueeze(0), value.unsqueeze(0))
             if key_padding_mask is not None:
                 key_padding_mask = _to_numpy(key_padding_mask)[None]
         elif not self.batch_first:
-            query, key, value = query.transpose(0, 1), key.transpose(0, 1), value.transpose(0, 1)
+            query = query.transpose(0, 1)
+            key, value = (query, query) if same else (key.transpose(0, 1), value.transpose(0, 1))
         B, L, E = query.shape
         S = key.shape[1]
         H, D = self.num_heads, self.head_dim
@@ -180,16 +209,23 @@ class MultiheadAttention(Module):
         dt = query.dtype
         am = _float_mask(attn_mask, "attn_mask", dt, ((L, S), (B * H, L, S)))
         kpm = _float_mask(key_padding_mask, "key_padding_mask", dt, ((B, S),))
-        q, k, v = self._projections(query, key, value)
+        q, k, v = self._projections(query, key, value, same)
+        packed = k is None  # self-attention: q is the (B, L, 3E) packed projection
+        if packed and (self.bias_k is not None or self.add_zero_attn):
+            q, k, v = q[..., 0:E], q[..., E:2 * E], q[..., 2 * E:3 * E]
+            packed = False
         if self.bias_k is not None:
             zeros = np.zeros((B, 1, E), dt)
             k = cat([k, self.bias_k + zeros], 1)
             v = cat([v, self.bias_v + zeros], 1)
             am = None if am is None else np.pad(am, [(0, 0)] * (am.ndim - 1) + [(0, 1)])
             kpm = None if kpm is None else np.pad(kpm, [(0, 0), (0, 1)])
-        q = q.reshape(B, L, H, D).transpose(1, 2)
-        k = k.reshape(B, k.shape[1], H, D).transpose(1, 2)
-        v = v.reshape(B, v.shape[1], H, D).transpose(1, 2)
+        if packed:
+            q, k, v = _SplitHeads.apply(q, H)
+        else:
+            q = q.reshape(B, L, H, D).transpose(1, 2)
+            k = k.reshape(B, k.shape[1], H, D).transpose(1, 2)
+            v = v.reshape(B, v.shape[1], H, D).transpose(1, 2)
         if self.add_zero_attn:
             z = np.zeros((B, H, 1, D), dt)
             k = cat([k, z], 2)

@@ -12,8 +12,9 @@ weights (B, Lq, S))``; a query with no visible key gets zero weights and a zero 
     additive: score_ij = v . tanh(W_q q_i + W_k k_j)   (``query_proj``, ``key_proj``, ``v``)
     weights = softmax_j(score) over visible keys,  context_i = sum_j weights_ij value_j
 
-The products run on the native GEMM (``ops.matmul``) and the masked softmax + context product is
-one fused ``Function`` (forward and backward); the additive scores use the native tanh pair.
+The products run on the native GEMM (``ops.matmul``), the masked softmax + context product is
+one fused ``Function`` (forward and backward), and the additive scores are one fused native pair
+(``ops.additive_scores_forward``/``_backward``) that never stores the (B, Lq, S, H) activations.
 """
 
 from __future__ import annotations
@@ -50,6 +51,18 @@ class _MatMulNT(Function):
     def backward(ctx, g):
         a, b = ctx.saved_tensors
         return ops.matmul(g, b), ops.matmul(_swap(g), a)
+
+
+class _AdditiveScores(Function):
+    @staticmethod
+    def forward(ctx, qp, kp, w):
+        scores, ws = ops.additive_scores_forward(qp, kp, w, needs_grad=ctx.needs_grad)
+        ctx.ws = ws
+        return scores
+
+    @staticmethod
+    def backward(ctx, g):
+        return ops.additive_scores_backward(g, ctx.ws)
 
 
 class _SoftmaxContext(Function):
@@ -178,7 +191,8 @@ class CosineAttention(_Seq2SeqAttention):
 class AdditiveAttention(_Seq2SeqAttention):
     """Bahdanau: score = v . tanh(W_q q + W_k k); ``query_proj`` Linear(query_dim, hidden_dim),
     ``key_proj`` Linear(key_dim, hidden_dim, bias=False), ``v`` Linear(hidden_dim, 1, bias=False).
-    The (B, Lq, S, hidden_dim) pre-activation is materialised (seq2seq sizes)."""
+    The scores are one fused op (``ops.additive_scores_forward``): the (B, Lq, S, hidden_dim)
+    activations are never stored."""
 
     def __init__(self, query_dim: int, key_dim: int, hidden_dim: int, dtype=None) -> None:
         super().__init__()
@@ -188,6 +202,4 @@ class AdditiveAttention(_Seq2SeqAttention):
         self.v = Linear(hidden_dim, 1, bias=False, dtype=dtype)
 
     def _scores(self, q, k):
-        qp = self.query_proj(q).unsqueeze(2)  # (B, Lq, 1, H)
-        kp = self.key_proj(k).unsqueeze(1)  # (B, 1, S, H)
-        return self.v(F.tanh(qp + kp)).squeeze(-1)
+        return _AdditiveScores.apply(self.query_proj(q), self.key_proj(k), self.v.weight.reshape(-1))

@@ -26,6 +26,6 @@ __all__ += ["add_backward", "add_forward", "adam_step_", "dropout_backward", "dr
             "embedding_backward", "embedding_forward", "gelu_backward", "gelu_forward", "linear_backward",
             "linear_forward", "relu_backward", "relu_forward", "sgd_step_", "sigmoid_backward", "sigmoid_forward",
             "tanh_backward", "tanh_forward"]
-from .attention import sdpa_backward, sdpa_forward
+from .attention import additive_scores_backward, additive_scores_forward, sdpa_backward, sdpa_forward
 
-__all__ += ["sdpa_backward", "sdpa_forward"]
+__all__ += ["additive_scores_backward", "additive_scores_forward", "sdpa_backward", "sdpa_forward"]

@@ -149,3 +149,47 @@ def sdpa_backward(grad_output, workspace):
                                      workspace["dropout_p"], workspace["seed"])
     q, k, v = workspace["q"], workspace["k"], workspace["v"]
     return dq.reshape(q.shape), dk.reshape(k.shape), dv.reshape(v.shape), None
+
+
+# ------------------------------------------------------------------------ additive scores
+
+
+def additive_scores_forward(qp, kp, w, *, needs_grad=True):
+    """Bahdanau scores, fused: scores[b,i,j] = sum_h w_h tanh(qp[b,i,h] + kp[b,j,h]).
+
+    qp (B, Lq, H) (projected queries), kp (B, S, H) (projected keys), w (H,). Returns
+    ((B, Lq, S) scores, workspace or None); the (B, Lq, S, H) activations are never stored (the
+    native backward recomputes them). The workspace keeps qp, kp and w."""
+    qp, kp, w = float_array(qp, "qp"), float_array(kp, "kp"), float_array(w, "w")
+    same_dtype({"qp": qp, "kp": kp, "w": w})
+    if qp.ndim != 3:
+        raise ValueError(f"qp: expected a 3-D array (B, Lq, H), got shape {shape_str(qp.shape)}")
+    B, _, H = qp.shape
+    if kp.ndim != 3 or kp.shape[0] != B or kp.shape[2] != H:
+        raise ValueError(f"kp: expected shape ({B}, S, {H}), got {shape_str(kp.shape)}")
+    if w.shape != (H,):
+        raise ValueError(f"w: expected shape ({H},), got {shape_str(w.shape)}")
+    if use_reference():
+        return reference.additive_scores_forward(qp, kp, w, needs_grad=needs_grad)
+    qp, kp, w = c_order(qp), c_order(kp), c_order(w)
+    scores = _core.additive_scores_forward(qp, kp, w)
+    ws = {"op": "additive_scores", "backend": "native", "qp": qp, "kp": kp, "w": w, "scores": scores}
+    return scores, (ws if needs_grad else None)
+
+
+def additive_scores_backward(grad_output, workspace):
+    """grad_output (B, Lq, S) -> (dqp, dkp, dw)."""
+    if not isinstance(workspace, dict) or workspace.get("op") != "additive_scores":
+        raise ValueError("workspace: expected the workspace returned by additive_scores_forward(..., "
+                         f"needs_grad=True), got {type(workspace).__name__}")
+    s = workspace["scores"]
+    ds = check_grad_output(grad_output, s.shape, s.dtype)
+    if workspace["backend"] == "numpy":
+        return reference.additive_scores_backward(ds, workspace)
+    dqp, dkp, dw_partial = _core.additive_scores_backward(c_order(ds), workspace["qp"], workspace["kp"],
+                                                          workspace["w"])
+    # per-batch partial sums of dw added in batch order: independent of the thread count
+    dw = np.zeros(dw_partial.shape[1], dw_partial.dtype)
+    for row in dw_partial:
+        dw += row
+    return dqp, dkp, dw

@@ -110,3 +110,20 @@ def sdpa_backward(grad_output, workspace):
     dk = np.matmul(np.swapaxes(ds, -1, -2), qf)
     dt = q.dtype
     return (dq.astype(dt).reshape(q.shape), dk.astype(dt).reshape(k.shape), dv.astype(dt).reshape(v.shape), None)
+
+
+def additive_scores_forward(qp, kp, w, *, needs_grad=True):
+    """scores[b,i,j] = sum_h w_h tanh(qp[b,i,h] + kp[b,j,h]); qp (B, Lq, H), kp (B, S, H), w (H,)."""
+    t = np.tanh(qp[:, :, None, :] + kp[:, None, :, :])
+    scores = (t @ w).astype(qp.dtype, copy=False)
+    return scores, ({"op": "additive_scores", "backend": "numpy", "qp": qp, "kp": kp, "w": w, "scores": scores}
+                    if needs_grad else None)
+
+
+def additive_scores_backward(grad_output, workspace):
+    """(dqp, dkp, dw): g = ds w (1 - t^2) summed over j (dqp) and i (dkp); dw = sum ds t."""
+    qp, kp, w = workspace["qp"], workspace["kp"], workspace["w"]
+    t = np.tanh(qp[:, :, None, :] + kp[:, None, :, :])
+    ds = grad_output[..., None]
+    g = ds * w * (1 - t * t)
+    return g.sum(2), g.sum(1), (ds * t).sum((0, 1, 2)).astype(qp.dtype, copy=False)
