@@ -66,8 +66,12 @@ class _SplitHeads(Function):
 
     @staticmethod
     def backward(ctx, *grads):
-        g = np.stack(grads)  # (n, B, H, L, D)
-        return np.ascontiguousarray(g.transpose(1, 3, 0, 2, 4)).reshape(ctx.shape), None, None
+        B, L, width = ctx.shape
+        _, heads, _, D = grads[0].shape
+        g = np.empty((B, L, len(grads), heads, D), grads[0].dtype)  # one strided copy per gradient
+        for i, d in enumerate(grads):
+            g[:, :, i] = d.transpose(0, 2, 1, 3)
+        return g.reshape(ctx.shape), None, None
 
 
 def _merge_heads(x: Tensor) -> Tensor:
