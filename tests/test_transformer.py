@@ -204,9 +204,12 @@ def test_stacks_eval_fast_path_parity(rng, norm_first):
     mask = nn.Transformer.generate_square_subsequent_mask(L)
     with torch.no_grad():
         t_out = tenc(torch.tensor(x), mask=torch.tensor(mask.numpy()))
+    x0 = x.copy()
     with seqblocks.no_grad():
         out = ours(x, mask=mask)  # causality detected from the mask, as PyTorch
     assert_close(out.numpy(), t_out.numpy(), factor=16 * sum_factor(FF), magnitude=10.0)
+    assert np.array_equal(x, x0)  # inference updates only its own temporaries in place
+    assert_close(ours(x, mask=mask).numpy(), out.numpy(), factor=16 * sum_factor(FF), magnitude=10.0)
 
 
 def test_encoder_mask_detection_uses_causal_kernel(rng):

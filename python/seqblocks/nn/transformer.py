@@ -25,7 +25,7 @@ import numpy as np
 from .. import ops
 from .._backend import get_backend
 from .._random import next_seed
-from ..autograd import Function, Tensor, _to_numpy, no_grad
+from ..autograd import Function, Tensor, _to_numpy, is_grad_enabled, no_grad
 from . import functional as F
 from . import init
 from .attention import MultiheadAttention
@@ -72,6 +72,16 @@ class _SplitHeads(Function):
         for i, d in enumerate(grads):
             g[:, :, i] = d.transpose(0, 2, 1, 3)
         return g.reshape(ctx.shape), None, None
+
+
+def _residual(x: Tensor, branch: Tensor) -> Tensor:
+    """x + branch. Without autograd, ``branch`` (a fresh output of this layer that nothing else
+    references) is updated in place: no new array (no page faults) in inference."""
+    if (not is_grad_enabled() and branch.data.flags.writeable and branch.shape == x.shape
+            and branch.dtype == x.dtype):
+        np.add(branch.data, x.data, out=branch.data)
+        return branch
+    return x + branch
 
 
 def _merge_heads(x: Tensor) -> Tensor:
@@ -281,6 +291,14 @@ def _step_mask(L: int, past: int, dtype) -> _Mask:
     return _Mask(np.where(j[None, :] > i, dtype.type(-np.inf), dtype.type(0)), False)
 
 
+def _activate(activation, h: Tensor) -> Tensor:
+    """activation(h); ReLU without autograd in place on the fresh linear1 output."""
+    if activation is F.relu and not is_grad_enabled() and h.data.flags.writeable:
+        np.maximum(h.data, 0, out=h.data)
+        return h
+    return activation(h)
+
+
 def _to_bf(x, batch_first: bool, name: str):
     """(L, B, E) / (B, L, E) / unbatched (L, E) -> (B, L, E) Tensor, and whether it was batched."""
     x = _tensor(x)
@@ -345,18 +363,18 @@ class TransformerEncoderLayer(Module):
         self.batch_first = bool(batch_first)
 
     def _ff_block(self, x):
-        return self.dropout2(self.linear2(self.dropout(self.activation(self.linear1(x)))))
+        return self.dropout2(self.linear2(self.dropout(_activate(self.activation, self.linear1(x)))))
 
     def _block(self, x, m: _Mask, need_weights: bool, cache=None):
         """x (B, L, E) -> (B, L, E), weights."""
         if self.norm_first:
             a, w = _self_attention(self.self_attn, self.norm1(x), m, self.training, need_weights, cache)
-            x = x + self.dropout1(a)
-            x = x + self._ff_block(self.norm2(x))
+            x = _residual(x, self.dropout1(a))
+            x = _residual(x, self._ff_block(self.norm2(x)))
         else:
             a, w = _self_attention(self.self_attn, x, m, self.training, need_weights, cache)
-            x = self.norm1(x + self.dropout1(a))
-            x = self.norm2(x + self._ff_block(x))
+            x = self.norm1(_residual(x, self.dropout1(a)))
+            x = self.norm2(_residual(x, self._ff_block(x)))
         return x, w
 
     def _masks(self, x, src_mask, kpm, is_causal, need_weights):
@@ -405,22 +423,22 @@ class TransformerDecoderLayer(Module):
         self.batch_first = bool(batch_first)
 
     def _ff_block(self, x):
-        return self.dropout3(self.linear2(self.dropout(self.activation(self.linear1(x)))))
+        return self.dropout3(self.linear2(self.dropout(_activate(self.activation, self.linear1(x)))))
 
     def _block(self, x, memory, sm: _Mask, cm: _Mask, need_weights: bool, cache=None):
         t = self.training
         if self.norm_first:
             a, w1 = _self_attention(self.self_attn, self.norm1(x), sm, t, need_weights, cache)
-            x = x + self.dropout1(a)
+            x = _residual(x, self.dropout1(a))
             a, w2 = _cross_attention(self.multihead_attn, self.norm2(x), memory, cm, t, need_weights, cache)
-            x = x + self.dropout2(a)
-            x = x + self._ff_block(self.norm3(x))
+            x = _residual(x, self.dropout2(a))
+            x = _residual(x, self._ff_block(self.norm3(x)))
         else:
             a, w1 = _self_attention(self.self_attn, x, sm, t, need_weights, cache)
-            x = self.norm1(x + self.dropout1(a))
+            x = self.norm1(_residual(x, self.dropout1(a)))
             a, w2 = _cross_attention(self.multihead_attn, x, memory, cm, t, need_weights, cache)
-            x = self.norm2(x + self.dropout2(a))
-            x = self.norm3(x + self._ff_block(x))
+            x = self.norm2(_residual(x, self.dropout2(a)))
+            x = self.norm3(_residual(x, self._ff_block(x)))
         return x, ((w1, w2) if need_weights else None)
 
     def forward(self, tgt, memory, tgt_mask=None, memory_mask=None, tgt_key_padding_mask=None,
