@@ -63,6 +63,19 @@ def test_decode_chunks_and_prefill(rng):
     assert_close(np.concatenate([y0.numpy(), y1.numpy(), y2.numpy()], 1), full, **TOL)
 
 
+def test_decode_step_weights(rng):
+    dec = _decoder(False, True)
+    tgt, mem = rng.standard_normal((B, T, E)), rng.standard_normal((B, S, E))
+    _, full_w = dec(tgt, mem, tgt_is_causal=True, need_weights=True)
+    _, cache = dec.decode_step(tgt[:, :2], mem)
+    y, cache, ws = dec.decode_step(tgt[:, 2:4], None, cache, need_weights=True)
+    assert len(ws) == 3
+    for (sw, cw), (fsw, fcw) in zip(ws, full_w):
+        assert sw.shape == (B, H, 2, 4) and cw.shape == (B, H, 2, S)
+        assert_close(sw.numpy(), fsw.numpy()[:, :, 2:4, :4], **TOL)
+        assert_close(cw.numpy(), fcw.numpy()[:, :, 2:4], **TOL)
+
+
 def test_decode_step_records_no_graph(rng):
     dec = _decoder(False, True)
     x = seqblocks.tensor(rng.standard_normal((B, 1, E)), requires_grad=True)

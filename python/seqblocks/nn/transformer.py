@@ -556,7 +556,8 @@ class TransformerDecoder(Module):
         return KVCache(len(self.layers))
 
     @no_grad()
-    def decode_step(self, tgt, memory, cache: KVCache | None = None, memory_key_padding_mask=None):
+    def decode_step(self, tgt, memory, cache: KVCache | None = None, memory_key_padding_mask=None,
+                    need_weights: bool = False):
         """Decode the next position(s) causally, reusing the keys and values of the previous ones.
 
         ``tgt``: the new position(s) only, (T, B, E) / (B, T, E) with ``batch_first`` (usually
@@ -564,7 +565,8 @@ class TransformerDecoder(Module):
         ``forward`` (its keys and values are computed on the first step and cached; pass the same
         memory each step, or None after the first). Returns ``(output for the new positions,
         cache)``; the output equals the last T positions of ``forward`` on the whole prefix with a
-        causal ``tgt_mask``. Runs without autograd (inference)."""
+        causal ``tgt_mask``. ``need_weights=True`` returns ``(output, cache, [(self_weights
+        (B, H, T, t), cross_weights (B, H, T, S)) per layer])``. Runs without autograd (inference)."""
         first = self.layers[0]
         x, batched = _to_bf(tgt, first.batch_first, "tgt")
         cache = self.init_cache() if cache is None else cache
@@ -587,12 +589,17 @@ class TransformerDecoder(Module):
             raise ValueError("memory: required on the first decoding step")
         sm = _step_mask(T, len(cache), x.dtype)
         cm = _Mask.build(None, _kpm_batched(memory_key_padding_mask, batched), False, B, H, T, S, x.dtype,
-                         ("memory_mask", "memory_key_padding_mask", "memory_is_causal"), False)
+                         ("memory_mask", "memory_key_padding_mask", "memory_is_causal"), need_weights)
+        weights = []
         for layer, lc in zip(self.layers, cache.layers):
-            x, _ = layer._block(x, mem, sm, cm, False, lc)
+            x, w = layer._block(x, mem, sm, cm, need_weights, lc)
+            weights.append(w)
         if self.norm is not None:
             x = self.norm(x)
-        return _from_bf(x, first.batch_first, batched), cache
+        y = _from_bf(x, first.batch_first, batched)
+        if need_weights:
+            return y, cache, [_unbatch_weights(w, batched) for w in weights]
+        return y, cache
 
 
 class Transformer(Module):
