@@ -26,3 +26,6 @@ __all__ += ["add_backward", "add_forward", "adam_step_", "dropout_backward", "dr
 from .attention import additive_scores_backward, additive_scores_forward, sdpa_backward, sdpa_forward
 
 __all__ += ["additive_scores_backward", "additive_scores_forward", "sdpa_backward", "sdpa_forward"]
+from .add_layer_norm import add_layer_norm_backward, add_layer_norm_forward
+
+__all__ += ["add_layer_norm_backward", "add_layer_norm_forward"]
