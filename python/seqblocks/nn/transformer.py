@@ -23,6 +23,7 @@ import math
 import numpy as np
 
 from .. import ops
+from .._backend import backend as _use_backend
 from .._backend import get_backend
 from .._random import next_seed
 from ..autograd import Function, Tensor, _to_numpy, is_grad_enabled, no_grad
@@ -82,6 +83,34 @@ def _residual(x: Tensor, branch: Tensor) -> Tensor:
         np.add(branch.data, x.data, out=branch.data)
         return branch
     return x + branch
+
+
+class _AddNorm(Function):
+    """norm(x + r) as one node over ``ops.add_layer_norm_forward``/``backward``; with ``both`` it
+    also returns s = x + r (the residual stream of pre-norm blocks)."""
+
+    @staticmethod
+    def forward(ctx, x, r, weight, bias, shape, eps, both):
+        (y, s), ws = ops.add_layer_norm_forward(x, r, shape, weight, bias, eps, needs_grad=ctx.needs_grad)
+        if ctx.needs_grad:
+            ctx.ws = ws
+            ctx.backend = get_backend()
+        return (y, s) if both else y
+
+    @staticmethod
+    def backward(ctx, dy, ds=None):
+        with _use_backend(ctx.backend):
+            dx, dr, dw, db = ops.add_layer_norm_backward((dy, ds), ctx.ws)
+        return dx, dr, dw, db, None, None, None
+
+
+def _add_norm(norm, x: Tensor, r: Tensor, both: bool = False):
+    """norm(x + r) (and x + r with ``both``): fused when ``norm`` is a LayerNorm and autograd is on
+    (without autograd the add is done in place on r, a fresh output, and norm runs alone)."""
+    if isinstance(norm, LayerNorm) and is_grad_enabled() and x.shape == r.shape and x.dtype == r.dtype:
+        return _AddNorm.apply(x, r, norm.weight, norm.bias, norm.normalized_shape, norm.eps, both)
+    s = _residual(x, r)
+    return (norm(s), s) if both else norm(s)
 
 
 def _merge_heads(x: Tensor) -> Tensor:
@@ -369,12 +398,12 @@ class TransformerEncoderLayer(Module):
         """x (B, L, E) -> (B, L, E), weights."""
         if self.norm_first:
             a, w = _self_attention(self.self_attn, self.norm1(x), m, self.training, need_weights, cache)
-            x = _residual(x, self.dropout1(a))
-            x = _residual(x, self._ff_block(self.norm2(x)))
+            h, x = _add_norm(self.norm2, x, self.dropout1(a), both=True)  # x += a; h = norm2(x)
+            x = _residual(x, self._ff_block(h))
         else:
             a, w = _self_attention(self.self_attn, x, m, self.training, need_weights, cache)
-            x = self.norm1(_residual(x, self.dropout1(a)))
-            x = self.norm2(_residual(x, self._ff_block(x)))
+            x = _add_norm(self.norm1, x, self.dropout1(a))
+            x = _add_norm(self.norm2, x, self._ff_block(x))
         return x, w
 
     def _masks(self, x, src_mask, kpm, is_causal, need_weights):
@@ -429,16 +458,16 @@ class TransformerDecoderLayer(Module):
         t = self.training
         if self.norm_first:
             a, w1 = _self_attention(self.self_attn, self.norm1(x), sm, t, need_weights, cache)
-            x = _residual(x, self.dropout1(a))
-            a, w2 = _cross_attention(self.multihead_attn, self.norm2(x), memory, cm, t, need_weights, cache)
-            x = _residual(x, self.dropout2(a))
-            x = _residual(x, self._ff_block(self.norm3(x)))
+            h, x = _add_norm(self.norm2, x, self.dropout1(a), both=True)
+            a, w2 = _cross_attention(self.multihead_attn, h, memory, cm, t, need_weights, cache)
+            h, x = _add_norm(self.norm3, x, self.dropout2(a), both=True)
+            x = _residual(x, self._ff_block(h))
         else:
             a, w1 = _self_attention(self.self_attn, x, sm, t, need_weights, cache)
-            x = self.norm1(_residual(x, self.dropout1(a)))
+            x = _add_norm(self.norm1, x, self.dropout1(a))
             a, w2 = _cross_attention(self.multihead_attn, x, memory, cm, t, need_weights, cache)
-            x = self.norm2(_residual(x, self.dropout2(a)))
-            x = self.norm3(_residual(x, self._ff_block(x)))
+            x = _add_norm(self.norm2, x, self.dropout2(a))
+            x = _add_norm(self.norm3, x, self._ff_block(x))
         return x, ((w1, w2) if need_weights else None)
 
     def forward(self, tgt, memory, tgt_mask=None, memory_mask=None, tgt_key_padding_mask=None,
