@@ -139,11 +139,45 @@ def _decode_step(rng, b, pos, s, layers, torch):
                 f"(torch recomputes the prefix)", flops, impls)
 
 
+def _add_layer_norm(rng, rows, k, torch):
+    """The fused residual add + layer norm pair, forward + backward (with a gradient into s)."""
+    import seqblocks
+    from seqblocks import ops
+
+    x, r, dy, ds = (rng.standard_normal((rows, k)).astype(np.float32) for _ in range(4))
+    w, b = np.ones(k, np.float32), np.zeros(k, np.float32)
+
+    def ours():
+        (y, s), ws = ops.add_layer_norm_forward(x, r, k, w, b)
+        return ops.add_layer_norm_backward((dy, ds), ws)
+
+    def numpy_impl():
+        with seqblocks.backend("numpy"):
+            return ours()
+
+    impls = {"seqblocks": ours, "numpy": numpy_impl}
+    if torch is not None:
+        tx, tr, tw, tb = (torch.tensor(a, requires_grad=True) for a in (x, r, w, b))
+        tdy, tds = torch.from_numpy(dy), torch.from_numpy(ds)
+
+        def theirs():
+            for t in (tx, tr, tw, tb):
+                t.grad = None
+            s = tx + tr
+            y = torch.nn.functional.layer_norm(s, (k,), tw, tb)
+            torch.autograd.backward([y, s], [tdy, tds])
+
+        impls["torch"] = theirs
+    return Case("transformer", f"add_layer_norm fwd+bwd float32 rows={rows} k={k}", 0.0, impls)
+
+
 def cases(quick: bool) -> list[Case]:
     torch = torch_or_none()
     rng = np.random.default_rng(0)
     if quick:
         return [_encoder(rng, 2, 32, True, torch), _encoder(rng, 2, 32, False, torch),
-                _decoder(rng, 2, 32, 32, torch), _decode_step(rng, 2, 32, 32, 2, torch)]
+                _decoder(rng, 2, 32, 32, torch), _decode_step(rng, 2, 32, 32, 2, torch),
+                _add_layer_norm(rng, 256, 129, torch)]
     return [_encoder(rng, 8, 128, True, torch), _encoder(rng, 8, 128, False, torch),
-            _decoder(rng, 8, 128, 128, torch), _decode_step(rng, 8, 128, 128, 6, torch)]
+            _decoder(rng, 8, 128, 128, torch), _decode_step(rng, 8, 128, 128, 6, torch),
+            _add_layer_norm(rng, 1024, 512, torch)]
