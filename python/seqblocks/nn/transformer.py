@@ -172,8 +172,7 @@ def _additive(mask, name: str, dtype, shapes: tuple) -> np.ndarray | None:
 class _Mask:
     """The masks of one attention (shared by every layer of a stack): ``mask`` an additive array
     broadcastable to (B, H, L, S) or None; ``causal`` True runs the causal kernel (``mask`` is then
-    None); ``offset`` shifts the causal diagonal (cached decoding: query i is at position
-    offset + i)."""
+    None; top-left aligned, so cached steps after the first pass an explicit mask instead)."""
 
     __slots__ = ("mask", "causal")
 
