@@ -109,6 +109,10 @@ register(OpCheck("embedding", "embedding",
 register(OpCheck("layer_norm", "layer_norm",
                  lambda r, d: ((_n(r, (7, 65), d) * 3 + 1, (65,), _n(r, (65,), d), _n(r, (65,), d)), {}),
                  2 * sum_factor(65)))
+register(OpCheck("add_layer_norm", "add_layer_norm",
+                 lambda r, d: ((_n(r, (7, 65), d) * 3 + 1, _n(r, (7, 65), d), (65,), _n(r, (65,), d), _n(r, (65,), d)),
+                               {}),
+                 2 * sum_factor(65)))
 register(OpCheck("softmax", "softmax", lambda r, d: ((_n(r, (7, 65), d) * 3,), dict(dim=-1)), sum_factor(65)))
 register(OpCheck("log_softmax", "log_softmax", lambda r, d: ((_n(r, (7, 65), d) * 3,), dict(dim=-1)),
                  sum_factor(65)))
@@ -183,10 +187,17 @@ def _run(check: OpCheck, module, args, kwargs, grad_out=None):
         fwd(*args, **kwargs)
         return tuple(args[i] for i in check.mutated), None
     out, ws = fwd(*args, **kwargs)
+    outs = out if isinstance(out, tuple) else (out,)
     grads = None
     if grad_out is not None:
-        grads = tuple(bwd(grad_out.astype(out.dtype), ws))
-    return (out,), grads
+        grads = tuple(bwd(_grad_arg(out, grad_out.astype(outs[0].dtype)), ws))
+    return outs, grads
+
+
+def _grad_arg(out, g):
+    """The backward's grad_output: ``g``, or ``g`` for each output of a multi-output pair (whose
+    outputs share one shape)."""
+    return tuple(g for _ in out) if isinstance(out, tuple) else g
 
 
 def _errors(actual, expected, factor, dtype, magnitude=None):
@@ -268,8 +279,8 @@ def _compare(names, dtypes, isas, backends, timing, seed) -> list[Row]:
                         bwd_elapsed = None
                         if timing and grads is not None:
                             fwd, bwd = _functions(check, ops)
-                            _, ws = fwd(*args, **kwargs)
-                            g = grad_out.astype(outs[0].dtype)
+                            out0, ws = fwd(*args, **kwargs)
+                            g = _grad_arg(out0, grad_out.astype(outs[0].dtype))
                             bwd_elapsed = _time(lambda: bwd(g, ws))
                 except Exception as exc:  # noqa: BLE001 - reported as a row
                     rows.append(Row(check.name, direction, dtype.name, label, status="error",
