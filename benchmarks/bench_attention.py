@@ -2,7 +2,6 @@
 (the cases of `python -m seqblocks bench --only attention`). Peak memory of long causal attention:
 `python benchmarks/bench_attention.py --memory` (one fresh process per measurement)."""
 
-import resource
 import subprocess
 import sys
 
@@ -20,7 +19,7 @@ if parametrize_cases is not None:
 
 
 _CHILD = r"""
-import resource, sys
+import sys
 import numpy as np
 import seqblocks
 from seqblocks import ops
@@ -40,7 +39,7 @@ out, ws = ops.sdpa_forward(q, k, v, is_causal=True)
 dq, dk, dv, _ = ops.sdpa_backward(dout, ws)
 peak = status("VmHWM:")
 held = sum(a.nbytes for a in (out, ws["lse"], dq, dk, dv)) / 1024
-print((peak - base - held) / 1024.0, base / 1024.0, peak / 1024.0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+print((peak - base - held) / 1024.0, base / 1024.0, peak / 1024.0)
 """
 
 
@@ -48,9 +47,10 @@ def peak_extra_mib(L: int) -> float:
     """Peak RSS growth of one causal forward + backward beyond the arrays it returns (MiB), in a
     fresh process whose inputs are allocated (and touched) before the baseline is taken. The
     baseline resets the kernel's peak-RSS counter (/proc/self/clear_refs), because the imports
-    alone reach a higher peak than the process holds later. A first
-    call at a tiny size loads the kernels and starts the thread pool before the baseline."""
-    warm = "ops.sdpa_backward(dout[..., :8, :], ops.sdpa_forward(q[..., :8, :], k[..., :8, :], v[..., :8, :], is_causal=True)[1])"
+    alone reach a higher peak than the process holds later. A first call at a tiny size loads the
+    kernels and starts the thread pool before the baseline."""
+    warm = ("ops.sdpa_backward(dout[..., :8, :], "
+            "ops.sdpa_forward(q[..., :8, :], k[..., :8, :], v[..., :8, :], is_causal=True)[1])")
     code = _CHILD.replace("{L}", str(L)).replace("{warm}", warm)
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return float(res.stdout.split()[0])
@@ -59,4 +59,4 @@ def peak_extra_mib(L: int) -> float:
 if __name__ == "__main__" and "--memory" in sys.argv:
     for L in (1024, 8192):
         print(f"causal sdpa fwd+bwd B=1 H=8 L=S={L} E=64 float32: peak extra memory {peak_extra_mib(L):.1f} MiB "
-              f"(an L x S float32 score matrix per head would be {8 * L * L * 4 / 2**20:.0f} MiB)")
+              f"(L x S float32 scores of the 8 heads would take {8 * L * L * 4 / 2**20:.0f} MiB)")

@@ -125,6 +125,10 @@ register(OpCheck("dropout", "dropout", lambda r, d: ((_n(r, (1031,), d),), dict(
 register(OpCheck("sdpa", "sdpa", lambda r, d: ((_n(r, (2, 3, 33, 16), d), _n(r, (2, 3, 65, 16), d),
                                                 _n(r, (2, 3, 65, 8), d)), dict(is_causal=True)),
                  2 * sum_factor(65)))
+# tanh within 2 ulp, each score a sum of 33 terms; dw sums over all 2 * 9 * 17 (i, j) pairs
+register(OpCheck("additive_scores", "additive_scores",
+                 lambda r, d: ((_n(r, (2, 9, 33), d), _n(r, (2, 17, 33), d), _n(r, (33,), d)), {}),
+                 2 * sum_factor(33), grad_factor=2 * sum_factor(2 * 9 * 17)))
 register(OpCheck("sdpa(mask,dropout)", "sdpa",
                  lambda r, d: ((_n(r, (2, 33, 16), d), _n(r, (2, 65, 16), d), _n(r, (2, 65, 8), d),
                                 r.random((33, 65)) < 0.7), dict(dropout_p=0.2, seed=99)),

@@ -202,7 +202,8 @@ class MultiheadAttention(Module):
         if E != self.embed_dim:
             raise ValueError(f"query: expected embed_dim {self.embed_dim} as last dim, got shape {query.shape}")
         if key.shape[:2] != value.shape[:2] or key.shape[0] != B:
-            raise ValueError(f"key, value: expected matching batch and source length, got {key.shape} and {value.shape}")
+            raise ValueError(f"key, value: expected matching batch and source length, got {key.shape} and "
+                             f"{value.shape}")
         if key.shape[2] != self.kdim or value.shape[2] != self.vdim:
             raise ValueError(f"key, value: expected feature dims kdim={self.kdim}, vdim={self.vdim}, got "
                              f"{key.shape[2]} and {value.shape[2]}")

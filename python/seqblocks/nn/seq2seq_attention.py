@@ -24,7 +24,7 @@ import math
 import numpy as np
 
 from .. import ops
-from ..autograd import Function, Tensor, _to_numpy
+from ..autograd import Function, _to_numpy
 from . import functional as F
 from . import init
 from .functional import _tensor
