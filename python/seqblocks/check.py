@@ -109,6 +109,10 @@ register(OpCheck("embedding", "embedding",
 register(OpCheck("layer_norm", "layer_norm",
                  lambda r, d: ((_n(r, (7, 65), d) * 3 + 1, (65,), _n(r, (65,), d), _n(r, (65,), d)), {}),
                  2 * sum_factor(65)))
+register(OpCheck("add_layer_norm", "add_layer_norm",
+                 lambda r, d: ((_n(r, (7, 65), d) * 3 + 1, _n(r, (7, 65), d), (65,), _n(r, (65,), d), _n(r, (65,), d)),
+                               {}),
+                 2 * sum_factor(65)))
 register(OpCheck("softmax", "softmax", lambda r, d: ((_n(r, (7, 65), d) * 3,), dict(dim=-1)), sum_factor(65)))
 register(OpCheck("log_softmax", "log_softmax", lambda r, d: ((_n(r, (7, 65), d) * 3,), dict(dim=-1)),
                  sum_factor(65)))
@@ -210,18 +214,21 @@ def _run(check: OpCheck, module, args, kwargs, grad_out=None):
         fwd(*args, **kwargs)
         return tuple(args[i] for i in check.mutated), None
     out, ws = fwd(*args, **kwargs)
-    outs = out if isinstance(out, tuple) else (out,)  # multi-output pairs (recurrent layers)
+    outs = out if isinstance(out, tuple) else (out,)  # multi-output pairs
     grads = None
     if grad_out is not None:
-        grads = tuple(bwd(_cast_grad(grad_out, outs[0].dtype), ws))
+        grads = tuple(bwd(_grad_arg(out, grad_out, outs[0].dtype), ws))
     return outs, grads
 
 
-def _cast_grad(grad_out, dtype):
-    """grad_out (one array, or a tuple for a multi-output pair) in the forward's dtype."""
+def _grad_arg(out, grad_out, dtype):
+    """The backward's grad_output in the forward's dtype: a tuple stays one gradient per output
+    (recurrent layers); one array for a multi-output pair is used for each of its outputs, which
+    then share one shape (add_layer_norm)."""
     if isinstance(grad_out, tuple):
         return tuple(g.astype(dtype) for g in grad_out)
-    return grad_out.astype(dtype)
+    g = grad_out.astype(dtype)
+    return tuple(g for _ in out) if isinstance(out, tuple) else g
 
 
 def _errors(actual, expected, factor, dtype, magnitude=None):
@@ -305,8 +312,8 @@ def _compare(names, dtypes, isas, backends, timing, seed) -> list[Row]:
                         bwd_elapsed = None
                         if timing and grads is not None:
                             fwd, bwd = _functions(check, ops)
-                            _, ws = fwd(*args, **kwargs)
-                            g = _cast_grad(grad_out, outs[0].dtype)
+                            out0, ws = fwd(*args, **kwargs)
+                            g = _grad_arg(out0, grad_out, outs[0].dtype)
                             bwd_elapsed = _time(lambda: bwd(g, ws))
                 except Exception as exc:  # noqa: BLE001 - reported as a row
                     rows.append(Row(check.name, direction, dtype.name, label, status="error",

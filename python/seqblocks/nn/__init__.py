@@ -9,8 +9,13 @@ from .layers import (CrossEntropyLoss, Dropout, Embedding, GELU, Identity, Layer
 from .module import Module, Parameter
 from .seq2seq_attention import AdditiveAttention, CosineAttention, DotAttention, GeneralAttention
 from .rnn import GRU, GRUCell, LSTM, LSTMCell, RNN, RNNCell
+from .positional import LearnedPositionalEmbedding, SinusoidalPositionalEncoding
+from .transformer import (DecoderOnlyTransformer, EncoderOnlyTransformer, KVCache, Transformer, TransformerDecoder,
+                          TransformerDecoderLayer, TransformerEncoder, TransformerEncoderLayer)
 
-__all__ = ["AdditiveAttention", "CosineAttention", "CrossEntropyLoss", "DotAttention", "Dropout", "Embedding", "GELU",
-           "GRU", "GRUCell", "GeneralAttention", "Identity", "LSTM", "LSTMCell", "LayerNorm", "Linear", "LogSoftmax",
-           "Module", "ModuleList", "MultiheadAttention", "Parameter", "RNN", "RNNCell", "ReLU", "Sequential",
-           "Sigmoid", "Softmax", "Tanh", "functional", "init", "utils"]
+__all__ = ["AdditiveAttention", "CosineAttention", "CrossEntropyLoss", "DecoderOnlyTransformer", "DotAttention",
+           "Dropout", "Embedding", "EncoderOnlyTransformer", "GELU", "GRU", "GRUCell", "GeneralAttention", "Identity",
+           "KVCache", "LSTM", "LSTMCell", "LayerNorm", "LearnedPositionalEmbedding", "Linear", "LogSoftmax", "Module",
+           "ModuleList", "MultiheadAttention", "Parameter", "RNN", "RNNCell", "ReLU", "Sequential", "Sigmoid",
+           "SinusoidalPositionalEncoding", "Softmax", "Tanh", "Transformer", "TransformerDecoder",
+           "TransformerDecoderLayer", "TransformerEncoder", "TransformerEncoderLayer", "functional", "init", "utils"]

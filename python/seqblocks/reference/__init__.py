@@ -32,3 +32,7 @@ from .rnn import (gru_layer_backward, gru_layer_forward, lstm_layer_backward, ls
 
 __all__ += ["gru_layer_backward", "gru_layer_forward", "lstm_layer_backward", "lstm_layer_forward",
             "rnn_layer_backward", "rnn_layer_forward"]
+
+from .add_layer_norm import add_layer_norm_backward, add_layer_norm_forward
+
+__all__ += ["add_layer_norm_backward", "add_layer_norm_forward"]
