@@ -61,8 +61,19 @@ def families() -> dict[str, Callable[[bool], list[Case]]]:
     return dict(sorted(found.items()))
 
 
-def time_case(case: Case, rounds: int, min_sample_s: float = 0.02) -> dict[str, float]:
-    """Median seconds per call of each implementation, measured in alternation."""
+#: Pause between implementations when threads > 1 (see time_case).
+SETTLE_S = 0.25
+
+
+def time_case(case: Case, rounds: int, min_sample_s: float = 0.02, settle_s: float = 0.0) -> dict[str, float]:
+    """Median seconds per call of each implementation, measured in alternation.
+
+    ``settle_s`` is a pause before each implementation's sample. With several threads, the
+    libraries' idle worker threads busy-wait after a call (GNU OpenMP for a while, OpenBLAS for
+    up to ~0.1 s), and on a machine with as many cores as threads they would steal a core from
+    whichever library runs next; the pause lets them go to sleep, so each sample measures one
+    library, not the interference between them.
+    """
     calls = {}
     for name, fn in case.impls.items():
         fn()  # warm-up (allocations, thread pools, lazy init)
@@ -73,6 +84,9 @@ def time_case(case: Case, rounds: int, min_sample_s: float = 0.02) -> dict[str, 
     samples: dict[str, list[float]] = {name: [] for name in case.impls}
     for _ in range(rounds):
         for name, fn in case.impls.items():
+            if settle_s:
+                time.sleep(settle_s)
+                fn()  # the first call after a pause wakes the sleeping pool; not timed
             start = time.perf_counter()
             for _ in range(calls[name]):
                 fn()
@@ -104,7 +118,7 @@ def run_worker(threads: int, selected: list[str], quick: bool, rounds: int) -> N
     print("|" + "---|" * (header.count("|") - 1))
     for family in selected:
         for case in all_families[family](quick):
-            t = time_case(case, rounds)
+            t = time_case(case, rounds, settle_s=SETTLE_S if threads > 1 else 0.0)
             ours = t["seqblocks"]
             gflops = f"{case.flops / ours / 1e9:.1f}" if case.flops else "-"
 
