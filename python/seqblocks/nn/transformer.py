@@ -30,6 +30,7 @@ from ..autograd import Function, Tensor, _to_numpy, is_grad_enabled, no_grad
 from . import functional as F
 from . import init
 from .attention import MultiheadAttention
+from .attention import _float_mask as _additive
 from .container import ModuleList
 from .functional import _OpsPair, _tensor
 from .layers import Dropout, LayerNorm, Linear
@@ -152,21 +153,6 @@ def _detect_is_causal(mask, is_causal, size: int) -> bool:
     if m.shape != (size, size):
         return False
     return bool(np.array_equal(m, _square_subsequent(size, m.dtype)))
-
-
-def _additive(mask, name: str, dtype, shapes: tuple) -> np.ndarray | None:
-    """A bool (True = masked out) or float mask of one of ``shapes`` as an additive float array."""
-    if mask is None:
-        return None
-    m = _to_numpy(mask)
-    if m.shape not in shapes:
-        want = " or ".join(str(s) for s in shapes)
-        raise ValueError(f"{name}: expected shape {want}, got {m.shape}")
-    if m.dtype == np.bool_:
-        return np.where(m, dtype.type(-np.inf), dtype.type(0))
-    if m.dtype.kind != "f":
-        raise TypeError(f"{name}: expected a bool or float array, got dtype {m.dtype}")
-    return m.astype(dtype, copy=False)
 
 
 class _Mask:

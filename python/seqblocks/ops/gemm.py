@@ -41,12 +41,9 @@ def matmul(a, b) -> np.ndarray:
     return _core.matmul(a, b)
 
 
-def linear(x, weight, bias=None) -> np.ndarray:
-    """``x @ weight.T + bias`` with PyTorch's layout.
-
-    x: (..., in_features); weight: (out_features, in_features); bias: (out_features,) or None.
-    Returns (..., out_features).
-    """
+def check_linear_args(x, weight, bias):
+    """x (..., in_features), weight (out_features, in_features), bias (out_features,) or None as
+    arrays of one float dtype; TypeError/ValueError naming the argument otherwise."""
     x = float_array(x, "x")
     weight = float_array(weight, "weight")
     arrays = {"x": x, "weight": weight}
@@ -65,6 +62,17 @@ def linear(x, weight, bias=None) -> np.ndarray:
         )
     if bias is not None and bias.shape != (out_features,):
         raise ValueError(f"bias: expected shape ({out_features},), got {shape_str(bias.shape)}")
+    return x, weight, bias
+
+
+def linear(x, weight, bias=None) -> np.ndarray:
+    """``x @ weight.T + bias`` with PyTorch's layout.
+
+    x: (..., in_features); weight: (out_features, in_features); bias: (out_features,) or None.
+    Returns (..., out_features).
+    """
+    x, weight, bias = check_linear_args(x, weight, bias)
+    out_features, in_features = weight.shape
     if use_reference():
         return reference.linear(x, weight, bias)
     leading = x.shape[:-1]

@@ -8,33 +8,12 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 
 from .. import _core, reference
 from .._backend import use_reference
-from ._checks import float_array, ndim_in, same_dtype, shape_str
 from ._pairs import c_order, check_grad_output
+from .gemm import check_linear_args as _check
 from .gemm import linear
-
-
-def _check(x, weight, bias):
-    x = float_array(x, "x")
-    weight = float_array(weight, "weight")
-    arrays = {"x": x, "weight": weight}
-    if bias is not None:
-        bias = float_array(bias, "bias")
-        arrays["bias"] = bias
-    same_dtype(arrays)
-    if x.ndim < 1:
-        raise ValueError(f"x: expected at least 1 dimension (..., in_features), got shape {shape_str(x.shape)}")
-    ndim_in(weight, "weight", (2,))
-    out_features, in_features = weight.shape
-    if x.shape[-1] != in_features:
-        raise ValueError(f"x: expected last dimension {in_features} (= weight.shape[1], weight is "
-                         f"{shape_str(weight.shape)}), got shape {shape_str(x.shape)}")
-    if bias is not None and bias.shape != (out_features,):
-        raise ValueError(f"bias: expected shape ({out_features},), got {shape_str(bias.shape)}")
-    return x, weight, bias
 
 
 def linear_forward(x, weight, bias=None, *, needs_grad: bool = True):
