@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 
-
 from .. import _core, reference
 from .._backend import use_reference
 from ._pairs import c_order, check_grad_output
