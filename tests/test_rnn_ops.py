@@ -64,9 +64,10 @@ def check_close(actual, expected, factor, what):
 @pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("H", [1, 7, 16, 17, 33])
-def test_native_matches_reference(isa, rng, cell, dtype, H):
-    T, B, I = 5, 3, 6
-    lengths = np.array([5, 1, 3])
+@pytest.mark.parametrize("B", [3, 6])  # 6: past the few-rows kernel, the step weights are prepacked
+def test_native_matches_reference(isa, rng, cell, dtype, H, B):
+    T, I = 5, 6
+    lengths = np.array([5, 1, 3, 5, 2, 4][:B])
     for reverse in (False, True):
         args = make(rng, cell, T, B, I, H, dtype, lengths=lengths)
         out, ws = run_forward(cell, args, reverse)
@@ -87,6 +88,28 @@ def test_native_matches_reference(isa, rng, cell, dtype, H):
             if a is not None:
                 assert a.dtype == dtype
                 check_close(a, e, fg, f"{cell} grad {i}")
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_native_long_k(isa, rng, cell):
+    """Hidden size above the GEMM's K block (384 float32 rows on avx512): the prepacked step
+    weights hold several K blocks in forward and in backward."""
+    T, B, I, H = 3, 5, 7, 400
+    args = make(rng, cell, T, B, I, H, np.float32, lengths=np.array([3, 1, 2, 3, 3]))
+    out, ws = run_forward(cell, args)
+    with seqblocks.backend("numpy"):
+        ref_out, ref_ws = run_forward(cell, args)
+    grads = tuple(rng.standard_normal(o.shape).astype(np.float32) for o in out)
+    g = run_backward(cell, grads, ws)
+    with seqblocks.backend("numpy"):
+        ref_g = run_backward(cell, grads, ref_ws)
+    f = tolerance(T, I, H)
+    for a, e in zip(out, ref_out):
+        check_close(a, e, f, cell)
+    for a, e in zip(g, ref_g):
+        assert (a is None) == (e is None)
+        if a is not None:
+            check_close(a, e, f * sum_factor(T * B), cell)
 
 
 @pytest.mark.parametrize("cell", CELLS)

@@ -62,6 +62,10 @@ struct GemmView {
   int64_t ldc;
   T alpha, beta;
   const T* bias;
+  // The same B packed by PrepackedB, or null. When set, gemm_packed reads it instead of b, ldb
+  // and trans_b (which must still describe B: sub() falls back to them for column ranges that
+  // do not start at 0).
+  const T* b_packed = nullptr;
 
   // Rows [i0, i1) and columns [j0, j1) of C.
   GemmView sub(int64_t i0, int64_t i1, int64_t j0, int64_t j1) const {
@@ -74,6 +78,7 @@ struct GemmView {
     }
     v.c = c + i0 * ldc + j0;
     v.bias = bias ? bias + j0 : nullptr;
+    if (j0 != 0) v.b_packed = nullptr;
     return v;
   }
 };
@@ -132,6 +137,26 @@ struct PackSizes {
   }
 };
 
+// B packed once for many products with the same B -- the weights of a recurrent step, which a
+// time loop multiplies T times. The layout is what gemm_packed's own B packing produces, laid
+// out for the whole n at once: K block pc (rows [pc, pc + KC)) starts at element pc * n_pad and
+// holds ceil(n / NR) micro-panels of kc x NR, zero-padded past column n. The panels are then
+// read sequentially (hardware prefetch works), where B read in place with a large ldb touches a
+// new page every row.
+template <class Isa, class T>
+struct PrepackedB {
+  static constexpr int64_t NR = GemmTraits<Isa, T>::NV * Vec<Isa, T>::width;
+  static int64_t n_pad(int64_t n) { return (n + NR - 1) / NR * NR; }
+  static int64_t elems(int64_t k, int64_t n) { return n_pad(n) * k; }
+  // dst (elems(k, n)) <- op(B) (k x n): b[l * ldb + j], or b[j * ldb + l] when trans.
+  static void pack(const T* b, int64_t ldb, bool trans, int64_t k, int64_t n, T* dst) {
+    for (int64_t pc = 0; pc < k; pc += GemmTraits<Isa, T>::KC) {
+      const int64_t kc = std::min(GemmTraits<Isa, T>::KC, k - pc);
+      pack_b_block<Isa, T>(trans ? b + pc : b + pc * ldb, ldb, trans, kc, n, dst + pc * n_pad(n));
+    }
+  }
+};
+
 // The block size <= max_block, a multiple of unit, that cuts `total` into the fewest
 // near-equal blocks.
 static inline int64_t gemm_balanced_block(int64_t total, int64_t max_block, int64_t unit) {
@@ -145,8 +170,9 @@ template <class Isa, class T>
 static void gemm_packed(const GemmView<T>& v, T* abuf, T* bbuf) {
   using Tr = GemmTraits<Isa, T>;
   constexpr int64_t MR = Tr::MR, NR = Tr::NV * Vec<Isa, T>::width;
+  const bool b_pre = v.b_packed != nullptr;
   const bool b_direct =
-      !v.trans_b && (v.m <= kGemmDirectBMaxPanels * MR ||
+      !b_pre && !v.trans_b && (v.m <= kGemmDirectBMaxPanels * MR ||
                      v.k * v.n * static_cast<int64_t>(sizeof(T)) <= kGemmDirectBMaxBytes);
   const bool a_direct = v.n <= kGemmDirectAMaxPanels * NR;
 
@@ -170,7 +196,10 @@ static void gemm_packed(const GemmView<T>& v, T* abuf, T* bbuf) {
         const int64_t nc = std::min(nc_step, v.n - jc);
         const T* bblk;
         int64_t ldb_blk;
-        if (b_direct) {
+        if (b_pre) {
+          bblk = v.b_packed + pc * PrepackedB<Isa, T>::n_pad(v.n) + jc * kc;
+          ldb_blk = NR;
+        } else if (b_direct) {
           bblk = v.b + pc * v.ldb + jc;
           ldb_blk = v.ldb;
         } else {

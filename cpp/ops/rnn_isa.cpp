@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cstring>
 #include <memory>
+#include <numeric>
 #include <vector>
 
 #include "ops/parallel.h"
@@ -69,7 +70,8 @@ void gemm_here(const GemmView<T>& v, T* abuf, T* bbuf) {
   constexpr int64_t MR = GemmTraits<Isa, T>::MR;
   // Rows past the last whole micro-panel would fill a mostly empty MR-row tile (32 = 14 + 14 + 4
   // on avx512): the blocked kernel takes the whole panels, few_rows_gemm the rest.
-  const int64_t rest = v.m <= 4 ? v.m : (v.m > MR && v.m % MR <= 8 ? v.m % MR : 0);
+  // With B prepacked the blocked kernel balances the panels itself (32 rows = 11 + 11 + 10).
+  const int64_t rest = v.m <= 4 ? v.m : (!v.b_packed && v.m > MR && v.m % MR <= 8 ? v.m % MR : 0);
   if (plain && rest > 0) {
     if (v.m > rest) {
       GemmView<T> head = v;
@@ -109,11 +111,15 @@ void gemm_full(int64_t m, int64_t n, int64_t k, const T* a, int64_t lda, bool ta
   gemm<Isa, T>(p);
 }
 
-// A 64-byte aligned pointer into `buf` (which has 64 spare elements).
+// A 64-byte aligned pointer into a buffer that has 64 spare elements.
+template <class T>
+T* aligned64(T* base) {
+  const uintptr_t a = reinterpret_cast<uintptr_t>(base);
+  return reinterpret_cast<T*>((a + 63) & ~uintptr_t(63));
+}
 template <class T>
 T* aligned64(std::vector<T>& buf) {
-  const uintptr_t a = reinterpret_cast<uintptr_t>(buf.data());
-  return reinterpret_cast<T*>((a + 63) & ~uintptr_t(63));
+  return aligned64(buf.data());
 }
 
 // A buffer left uninitialised (every element is written before it is read): a value-initialised
@@ -121,6 +127,51 @@ T* aligned64(std::vector<T>& buf) {
 template <class T>
 std::unique_ptr<T[]> uninit(int64_t n) {
   return std::unique_ptr<T[]>(new T[static_cast<size_t>(n)]);
+}
+
+// Per-thread copies of a step's B operand (the thread's slice of the recurrent weights) in the
+// blocked kernel's panel layout, packed once before the time loop and read every step. Worth it
+// above a few rows: the few-rows kernel reads B in place.
+template <class Isa, class T>
+struct StepWeights {
+  static constexpr int64_t kMinRows = 5;
+  int64_t per_thread = 0;  // elements, a multiple of 16 (64 bytes for float)
+  std::unique_ptr<T[]> buf;
+  StepWeights(int64_t rows, int64_t k, int64_t max_n, int nt) {
+    if (rows < kMinRows) return;
+    per_thread = (PrepackedB<Isa, T>::elems(k, max_n) + 15) / 16 * 16;
+    buf.reset(new T[static_cast<size_t>(per_thread * nt + 64)]);
+  }
+  // Thread p's buffer, packed from its op(B) (k x n, row stride ldb), or null below kMinRows.
+  const T* pack(int p, const T* b, int64_t ldb, int64_t k, int64_t n) const {
+    if (!buf) return nullptr;
+    T* dst = aligned64(buf.get()) + per_thread * p;
+    PrepackedB<Isa, T>::pack(b, ldb, false, k, n, dst);
+    return dst;
+  }
+};
+
+// dst (k, n) = src^T with its columns permuted: dst[kk * n + d] = src[src_of[d] * k + kk]
+// (src is (n, k) row-major). In width x width tiles: register transposes where the tile's n
+// source rows are consecutive (within one gate block of one thread slice), scalar elsewhere.
+template <class Isa, class T>
+void permuted_transpose(const T* src, int64_t k, int64_t n, const int64_t* src_of, T* dst) {
+  constexpr int64_t W = Vec<Isa, T>::width;
+  for (int64_t d0 = 0; d0 < n; d0 += W) {
+    const int64_t d1 = std::min(n, d0 + W);
+    const bool consecutive = d1 - d0 == W && src_of[d1 - 1] == src_of[d0] + W - 1;
+    int64_t k0 = 0;
+    if (consecutive && TransposeBlock<Isa, T>::available) {
+      for (; k0 + W <= k; k0 += W) {
+        TransposeBlock<Isa, T>::run(src + src_of[d0] * k + k0, k, static_cast<int>(W), dst + k0 * n + d0, n);
+      }
+    }
+    for (int64_t kb = k0; kb < k; kb += W) {
+      for (int64_t kk = kb; kk < std::min(k, kb + W); ++kk) {
+        for (int64_t d = d0; d < d1; ++d) dst[kk * n + d] = src[src_of[d] * k + kk];
+      }
+    }
+  }
 }
 
 static inline bool row_active(const int64_t* lengths, int64_t b, int64_t t) {
@@ -169,41 +220,53 @@ void column_sums(const T* a, int64_t rows, int64_t n, T* out, int nthreads) {
 }
 
 // ------------------------------------------------------------------------------ fused gate kernels
-// Per row b, units j = j0 + jj (jj < nj) in vectors of W with a masked tail. `xa` is the row of
-// the input projection (G H, gate blocks of H), `ha` the row of this thread's recurrent product
-// (G nj, gate blocks of nj).
+// Per row b, units j = j0 + jj (jj < nj) in vectors of W with a masked tail. `xa` is the input
+// projection at this thread's first unit, gate g at xa + g xs + jj; `ha` the row of this
+// thread's recurrent product (G nj, gate blocks of nj). States, outputs and the workspace are
+// indexed by the unit j.
 
-template <class Isa, class T>
+template <class Isa, class T, bool kFull>
 struct Lanes {
   using V = Vec<Isa, T>;
   using R = typename V::reg;
-  int n;  // lanes in use (W for full vectors)
-  R ld(const T* p) const { return n == V::width ? V::load(p) : V::load_tail(p, n); }
+  int n;  // lanes in use (W when kFull)
+  R ld(const T* p) const {
+    if constexpr (kFull) return V::load(p);
+    else return V::load_tail(p, n);
+  }
   void st(T* p, R v) const {
-    if (n == V::width) V::store(p, v);
+    if constexpr (kFull) V::store(p, v);
     else V::store_tail(p, v, n);
   }
 };
 
+// body(L, jj) for jj = 0, W, 2 W, ... < nj: the full vectors with unmasked loads and stores (the
+// lane count a constant), then at most one masked tail.
+template <class Isa, class T, class Body>
+inline void for_lanes(int64_t nj, Body&& body) {
+  constexpr int64_t W = Vec<Isa, T>::width;
+  int64_t jj = 0;
+  for (; jj + W <= nj; jj += W) body(Lanes<Isa, T, true>{static_cast<int>(W)}, jj);
+  if (jj < nj) body(Lanes<Isa, T, false>{static_cast<int>(nj - jj)}, jj);
+}
+
 template <class Isa, class T>
-void lstm_gates_row(const T* xa, const T* ha, int64_t H, int64_t nj, int64_t j0, const T* hcur, T* hnext, T* c,
+void lstm_gates_row(const T* xa, int64_t xs, const T* ha, int64_t H, int64_t nj, int64_t j0, const T* hcur, T* hnext, T* c,
                     T* y, T* ws_g, T* ws_hprev, T* ws_cprev, T* ws_tc, bool active) {
   using V = Vec<Isa, T>;
-  constexpr int64_t W = V::width;
-  for (int64_t jj = 0; jj < nj; jj += W) {
-    const Lanes<Isa, T> L{static_cast<int>(std::min<int64_t>(W, nj - jj))};
+  for_lanes<Isa, T>(nj, [&](auto L, int64_t jj) {
     const int64_t j = j0 + jj;
     const auto hp = L.ld(hcur + j);
     if (ws_hprev) L.st(ws_hprev + j, hp);
     if (!active) {
       L.st(hnext + j, hp);
       L.st(y + j, V::zero());
-      continue;
+      return;
     }
-    const auto i = math::sigmoid<Isa, T>(V::add(L.ld(xa + j), L.ld(ha + jj)));
-    const auto f = math::sigmoid<Isa, T>(V::add(L.ld(xa + H + j), L.ld(ha + nj + jj)));
-    const auto g = math::tanh<Isa, T>(V::add(L.ld(xa + 2 * H + j), L.ld(ha + 2 * nj + jj)));
-    const auto o = math::sigmoid<Isa, T>(V::add(L.ld(xa + 3 * H + j), L.ld(ha + 3 * nj + jj)));
+    const auto i = math::sigmoid<Isa, T>(V::add(L.ld(xa + jj), L.ld(ha + jj)));
+    const auto f = math::sigmoid<Isa, T>(V::add(L.ld(xa + xs + jj), L.ld(ha + nj + jj)));
+    const auto g = math::tanh<Isa, T>(V::add(L.ld(xa + 2 * xs + jj), L.ld(ha + 2 * nj + jj)));
+    const auto o = math::sigmoid<Isa, T>(V::add(L.ld(xa + 3 * xs + jj), L.ld(ha + 3 * nj + jj)));
     const auto cp = L.ld(c + j);
     const auto cn = V::fmadd(f, cp, V::mul(i, g));
     const auto tc = math::tanh<Isa, T>(cn);
@@ -219,28 +282,26 @@ void lstm_gates_row(const T* xa, const T* ha, int64_t H, int64_t nj, int64_t j0,
       L.st(ws_cprev + j, cp);
       L.st(ws_tc + j, tc);
     }
-  }
+  });
 }
 
 template <class Isa, class T>
-void gru_gates_row(const T* xa, const T* ha, int64_t H, int64_t nj, int64_t j0, const T* hcur, T* hnext, T* y,
+void gru_gates_row(const T* xa, int64_t xs, const T* ha, int64_t H, int64_t nj, int64_t j0, const T* hcur, T* hnext, T* y,
                    T* ws_g, T* ws_hprev, bool active) {
   using V = Vec<Isa, T>;
-  constexpr int64_t W = V::width;
-  for (int64_t jj = 0; jj < nj; jj += W) {
-    const Lanes<Isa, T> L{static_cast<int>(std::min<int64_t>(W, nj - jj))};
+  for_lanes<Isa, T>(nj, [&](auto L, int64_t jj) {
     const int64_t j = j0 + jj;
     const auto hp = L.ld(hcur + j);
     if (ws_hprev) L.st(ws_hprev + j, hp);
     if (!active) {
       L.st(hnext + j, hp);
       L.st(y + j, V::zero());
-      continue;
+      return;
     }
-    const auto r = math::sigmoid<Isa, T>(V::add(L.ld(xa + j), L.ld(ha + jj)));
-    const auto z = math::sigmoid<Isa, T>(V::add(L.ld(xa + H + j), L.ld(ha + nj + jj)));
+    const auto r = math::sigmoid<Isa, T>(V::add(L.ld(xa + jj), L.ld(ha + jj)));
+    const auto z = math::sigmoid<Isa, T>(V::add(L.ld(xa + xs + jj), L.ld(ha + nj + jj)));
     const auto hn_part = L.ld(ha + 2 * nj + jj);
-    const auto n = math::tanh<Isa, T>(V::fmadd(r, hn_part, L.ld(xa + 2 * H + j)));
+    const auto n = math::tanh<Isa, T>(V::fmadd(r, hn_part, L.ld(xa + 2 * xs + jj)));
     const auto hn = V::fmadd(z, V::sub(hp, n), n);  // (1 - z) n + z h
     L.st(hnext + j, hn);
     L.st(y + j, hn);
@@ -250,30 +311,28 @@ void gru_gates_row(const T* xa, const T* ha, int64_t H, int64_t nj, int64_t j0, 
       L.st(ws_g + 2 * H + j, n);
       L.st(ws_g + 3 * H + j, hn_part);
     }
-  }
+  });
 }
 
 template <class Isa, class T>
 void rnn_gates_row(const T* xa, const T* ha, int64_t nj, int64_t j0, bool relu, const T* hcur, T* hnext, T* y,
                    T* ws_g, T* ws_hprev, bool active) {
   using V = Vec<Isa, T>;
-  constexpr int64_t W = V::width;
-  for (int64_t jj = 0; jj < nj; jj += W) {
-    const Lanes<Isa, T> L{static_cast<int>(std::min<int64_t>(W, nj - jj))};
+  for_lanes<Isa, T>(nj, [&](auto L, int64_t jj) {
     const int64_t j = j0 + jj;
     const auto hp = L.ld(hcur + j);
     if (ws_hprev) L.st(ws_hprev + j, hp);
     if (!active) {
       L.st(hnext + j, hp);
       L.st(y + j, V::zero());
-      continue;
+      return;
     }
-    const auto a = V::add(L.ld(xa + j), L.ld(ha + jj));
+    const auto a = V::add(L.ld(xa + jj), L.ld(ha + jj));
     const auto hn = relu ? V::max(V::zero(), a) : math::tanh<Isa, T>(a);
     L.st(hnext + j, hn);
     L.st(y + j, hn);
     if (ws_g) L.st(ws_g + j, hn);
-  }
+  });
 }
 
 // ----------------------------------------------------------------------------------- forward
@@ -294,7 +353,9 @@ void rnn_forward(const RnnForwardArgs<T>& A) {
   constexpr int64_t W = Vec<Isa, T>::width;
 
   // Input projection of all steps: xa (T B, G H) = x W_ih^T + bias (GRU: b_ih only; b_hh stays
-  // inside the recurrent product because of r * (W_hn h + b_hn)).
+  // inside the recurrent product because of r * (W_hn h + b_hn)). (Computing it per step for
+  // each thread's units instead, from a packed W_ih, measured slower at 1 thread -- W_ih and
+  // W_hh together no longer fit in L2 -- and no faster at 2.)
   auto xa = uninit<T>(T_ * B * GH);
   std::vector<T> bias_x(static_cast<size_t>(GH), T(0));
   std::vector<T> bias_h(static_cast<size_t>(GH), T(0));
@@ -316,7 +377,7 @@ void rnn_forward(const RnnForwardArgs<T>& A) {
   // W_hh. (The step GEMM then reads B = W_hh^T row-major, the fast layout of the kernels.)
   std::vector<int64_t> lo(nt), hi(nt);
   for (int p = 0; p < nt; ++p) thread_slice(H, nt, p, W, &lo[p], &hi[p]);
-  std::vector<T> wp(static_cast<size_t>(GH * H));
+  auto wp = uninit<T>(GH * H);
   std::vector<T> bp(static_cast<size_t>(GH));
   std::vector<int64_t> src_of(static_cast<size_t>(GH));  // wp column -> W_hh row
   for (int p = 0; p < nt; ++p) {
@@ -329,19 +390,13 @@ void rnn_forward(const RnnForwardArgs<T>& A) {
       }
     }
   }
-  constexpr int64_t TB = 16;  // transpose in 16 x 16 tiles (strided writes of whole rows miss the cache)
-  for (int64_t d0 = 0; d0 < GH; d0 += TB) {
-    for (int64_t k0 = 0; k0 < H; k0 += TB) {
-      for (int64_t kk = k0; kk < std::min(H, k0 + TB); ++kk) {
-        for (int64_t d = d0; d < std::min(GH, d0 + TB); ++d) wp[kk * GH + d] = A.w_hh[src_of[d] * H + kk];
-      }
-    }
-  }
+  permuted_transpose<Isa, T>(A.w_hh, H, GH, src_of.data(), wp.get());
   int64_t max_nj = 0;
   for (int p = 0; p < nt; ++p) max_nj = std::max(max_nj, hi[p] - lo[p]);
   std::vector<T> ha(static_cast<size_t>(nt * B * G * max_nj));
   const PackSizes<Isa, T> ps(B, G * max_nj, H);
   std::vector<T> packbuf((ps.a + ps.b) * nt + 64);
+  const StepWeights<Isa, T> wsteps(B, H, G * max_nj, nt);
   std::vector<T> hbuf(static_cast<size_t>(2 * B * H));
   std::memcpy(hbuf.data(), A.h0, sizeof(T) * B * H);
   std::vector<T> cstate;
@@ -361,30 +416,31 @@ void rnn_forward(const RnnForwardArgs<T>& A) {
     T* hap = ha.data() + static_cast<size_t>(p) * B * G * max_nj;
     T* abuf = aligned64(packbuf) + (ps.a + ps.b) * p;
     T* bbuf = abuf + ps.a;
-    const T* wblk = wp.data() + G * j0;
+    const T* wblk = wp.get() + G * j0;
+    const T* wpacked = nj > 0 ? wsteps.pack(p, wblk, GH, H, G * nj) : nullptr;
     for (int64_t s = 0; s < T_; ++s) {
       const int64_t t = A.reverse ? T_ - 1 - s : s;
       const T* hcur = hbuf.data() + (s & 1) * B * H;
       T* hnext = hbuf.data() + ((s + 1) & 1) * B * H;
       if (nj > 0) {
         // ha (B, G nj) = h W_hh[own rows]^T (+ b_hh for GRU)
-        const GemmView<T> v{B, G * nj, H, hcur, H, false, wblk, GH, false, hap, G * nj, T(1), T(0),
-                            gh_bias ? bp.data() + G * j0 : nullptr};
+        const GemmView<T> v{B,     G * nj, H, hcur, H, false, wblk, GH, false, hap, G * nj, T(1), T(0),
+                            gh_bias ? bp.data() + G * j0 : nullptr, wpacked};
         gemm_here<Isa, T>(v, abuf, bbuf);
         for (int64_t b = 0; b < B; ++b) {
           const bool act = row_active(A.lengths, b, t);
           const int64_t row = t * B + b;
-          const T* xr = xa.get() + row * GH;
+          const T* xr = xa.get() + row * GH + j0;
           const T* hr = hap + b * G * nj;
           T* yr = A.y + row * H;
           T* wsg = ws_g ? ws_g + row * S * H : nullptr;
           T* wsh = ws_hprev ? ws_hprev + row * H : nullptr;
           if (lstm) {
-            lstm_gates_row<Isa, T>(xr, hr, H, nj, j0, hcur + b * H, hnext + b * H, cstate.data() + b * H, yr, wsg,
+            lstm_gates_row<Isa, T>(xr, H, hr, H, nj, j0, hcur + b * H, hnext + b * H, cstate.data() + b * H, yr, wsg,
                                    wsh, ws_cprev ? ws_cprev + row * H : nullptr, ws_tc ? ws_tc + row * H : nullptr,
                                    act);
           } else if (gru) {
-            gru_gates_row<Isa, T>(xr, hr, H, nj, j0, hcur + b * H, hnext + b * H, yr, wsg, wsh, act);
+            gru_gates_row<Isa, T>(xr, H, hr, H, nj, j0, hcur + b * H, hnext + b * H, yr, wsg, wsh, act);
           } else {
             rnn_gates_row<Isa, T>(xr, hr, nj, j0, relu, hcur + b * H, hnext + b * H, yr, wsg, wsh, act);
           }
@@ -405,10 +461,8 @@ template <class Isa, class T>
 void lstm_grad_row(const T* dy, const T* dh, T* dc, const T* g4, const T* cprev, const T* tc, int64_t H, int64_t nj,
                    int64_t j0, T* da) {
   using V = Vec<Isa, T>;
-  constexpr int64_t W = V::width;
   const auto one = V::set1(T(1));
-  for (int64_t jj = 0; jj < nj; jj += W) {
-    const Lanes<Isa, T> L{static_cast<int>(std::min<int64_t>(W, nj - jj))};
+  for_lanes<Isa, T>(nj, [&](auto L, int64_t jj) {
     const int64_t j = j0 + jj;
     const auto d = V::add(L.ld(dh + j), L.ld(dy + j));
     const auto i = L.ld(g4 + j), f = L.ld(g4 + H + j), g = L.ld(g4 + 2 * H + j), o = L.ld(g4 + 3 * H + j);
@@ -419,17 +473,15 @@ void lstm_grad_row(const T* dy, const T* dh, T* dc, const T* g4, const T* cprev,
     L.st(da + 2 * H + j, V::mul(V::mul(dcc, i), V::fnmadd(g, g, one)));
     L.st(da + 3 * H + j, V::mul(V::mul(d, t), V::fnmadd(o, o, o)));
     L.st(dc + j, V::mul(dcc, f));
-  }
+  });
 }
 
 template <class Isa, class T>
 void gru_grad_row(const T* dy, const T* dh, const T* g4, const T* hprev, int64_t H, int64_t nj, int64_t j0, T* da,
                   T* dah, T* dhz) {
   using V = Vec<Isa, T>;
-  constexpr int64_t W = V::width;
   const auto one = V::set1(T(1));
-  for (int64_t jj = 0; jj < nj; jj += W) {
-    const Lanes<Isa, T> L{static_cast<int>(std::min<int64_t>(W, nj - jj))};
+  for_lanes<Isa, T>(nj, [&](auto L, int64_t jj) {
     const int64_t j = j0 + jj;
     const auto d = V::add(L.ld(dh + j), L.ld(dy + j));
     const auto r = L.ld(g4 + j), z = L.ld(g4 + H + j), n = L.ld(g4 + 2 * H + j), hn = L.ld(g4 + 3 * H + j);
@@ -443,21 +495,19 @@ void gru_grad_row(const T* dy, const T* dh, const T* g4, const T* hprev, int64_t
     L.st(dah + H + j, dz);
     L.st(dah + 2 * H + j, V::mul(dn, r));
     L.st(dhz + j, V::mul(d, z));
-  }
+  });
 }
 
 template <class Isa, class T>
 void rnn_grad_row(const T* dy, const T* dh, const T* hnew, bool relu, int64_t nj, int64_t j0, T* da) {
   using V = Vec<Isa, T>;
-  constexpr int64_t W = V::width;
-  for (int64_t jj = 0; jj < nj; jj += W) {
-    const Lanes<Isa, T> L{static_cast<int>(std::min<int64_t>(W, nj - jj))};
+  for_lanes<Isa, T>(nj, [&](auto L, int64_t jj) {
     const int64_t j = j0 + jj;
     const auto d = V::add(L.ld(dh + j), L.ld(dy + j));
     const auto h = L.ld(hnew + j);
     const auto g = relu ? V::select(V::gt(h, V::zero()), d, V::zero()) : V::mul(d, V::fnmadd(h, h, V::set1(T(1))));
     L.st(da + j, g);
-  }
+  });
 }
 
 template <class Isa, class T>
@@ -493,6 +543,7 @@ void rnn_backward(const RnnBackwardArgs<T>& A) {
   std::vector<T> tmp(static_cast<size_t>(nt * B * max_nj));
   const PackSizes<Isa, T> ps(B, max_nj, GH);
   std::vector<T> packbuf((ps.a + ps.b) * nt + 64);
+  const StepWeights<Isa, T> wsteps(B, GH, max_nj, nt);
   const T* dA_h = gru ? dah.get() : da.get();
 
 #pragma omp parallel num_threads(nt) if (nt > 1)
@@ -503,6 +554,7 @@ void rnn_backward(const RnnBackwardArgs<T>& A) {
     T* tp = tmp.data() + static_cast<size_t>(p) * B * max_nj;
     T* abuf = aligned64(packbuf) + (ps.a + ps.b) * p;
     T* bbuf = abuf + ps.a;
+    const T* wpacked = nj > 0 ? wsteps.pack(p, A.w_hh + j0, H, GH, nj) : nullptr;
     for (int64_t s = T_ - 1; s >= 0; --s) {
       const int64_t t = A.reverse ? T_ - 1 - s : s;
       if (nj > 0) {
@@ -530,7 +582,7 @@ void rnn_backward(const RnnBackwardArgs<T>& A) {
       if (nj > 0) {
         // dh[:, own] = dA_h[t] (B, G H) @ W_hh[:, own] (G H, nj)  (+ d z for GRU); inactive rows keep dh.
         const GemmView<T> v{B, nj, GH, dA_h + t * B * GH, GH, false, A.w_hh + j0, H, false, tp, nj, T(1), T(0),
-                            nullptr};
+                            nullptr, wpacked};
         gemm_here<Isa, T>(v, abuf, bbuf);
         for (int64_t b = 0; b < B; ++b) {
           if (!row_active(A.lengths, b, t)) continue;
@@ -588,17 +640,18 @@ void lstm_proj_forward(const RnnForwardArgs<T>& A) {
     thread_slice(P, nt, p, W, &qlo[p], &qhi[p]);
   }
   // W_hh^T (P, 4H) with each thread's gate blocks contiguous (as rnn_forward); W_hr^T (H, P).
-  std::vector<T> wp(static_cast<size_t>(GH * P)), whrT(static_cast<size_t>(H * P));
+  auto wp = uninit<T>(GH * P);
+  auto whrT = uninit<T>(H * P);
+  std::vector<int64_t> src_of(static_cast<size_t>(GH));  // wp column -> W_hh row
   for (int p = 0; p < nt; ++p) {
     const int64_t nj = hi[p] - lo[p];
     for (int64_t g = 0; g < G; ++g)
-      for (int64_t jj = 0; jj < nj; ++jj) {
-        const int64_t dst = G * lo[p] + g * nj + jj, src = g * H + lo[p] + jj;
-        for (int64_t kk = 0; kk < P; ++kk) wp[kk * GH + dst] = A.w_hh[src * P + kk];
-      }
+      for (int64_t jj = 0; jj < nj; ++jj) src_of[G * lo[p] + g * nj + jj] = g * H + lo[p] + jj;
   }
-  for (int64_t q = 0; q < P; ++q)
-    for (int64_t j = 0; j < H; ++j) whrT[j * P + q] = A.w_hr[q * H + j];
+  permuted_transpose<Isa, T>(A.w_hh, P, GH, src_of.data(), wp.get());
+  std::vector<int64_t> identity(static_cast<size_t>(P));
+  std::iota(identity.begin(), identity.end(), int64_t(0));
+  permuted_transpose<Isa, T>(A.w_hr, H, P, identity.data(), whrT.get());
   int64_t max_nj = 0, max_nq = 0;
   for (int p = 0; p < nt; ++p) {
     max_nj = std::max(max_nj, hi[p] - lo[p]);
@@ -633,7 +686,7 @@ void lstm_proj_forward(const RnnForwardArgs<T>& A) {
       const T* hcur = hbuf.data() + (s & 1) * B * P;
       T* hnext = hbuf.data() + ((s + 1) & 1) * B * P;
       if (nj > 0) {
-        const GemmView<T> v{B, G * nj, P, hcur, P, false, wp.data() + G * j0, GH, false, hap, G * nj, T(1), T(0),
+        const GemmView<T> v{B, G * nj, P, hcur, P, false, wp.get() + G * j0, GH, false, hap, G * nj, T(1), T(0),
                             nullptr};
         gemm_here<Isa, T>(v, abuf, bbuf);
         for (int64_t b = 0; b < B; ++b) {
@@ -644,7 +697,7 @@ void lstm_proj_forward(const RnnForwardArgs<T>& A) {
             continue;
           }
           // the gate kernel with h = h_raw (read and written at own units), y = the workspace copy
-          lstm_gates_row<Isa, T>(xa.get() + row * GH, hap + b * G * nj, H, nj, j0, hraw.data() + b * H,
+          lstm_gates_row<Isa, T>(xa.get() + row * GH + j0, H, hap + b * G * nj, H, nj, j0, hraw.data() + b * H,
                                  hraw.data() + b * H, cstate.data() + b * H,
                                  ws_hraw ? ws_hraw + row * H : ydummy.data() + p * H, ws_g ? ws_g + row * GH : nullptr,
                                  nullptr, ws_cprev ? ws_cprev + row * H : nullptr, ws_tc ? ws_tc + row * H : nullptr,
@@ -653,7 +706,7 @@ void lstm_proj_forward(const RnnForwardArgs<T>& A) {
       }
 #pragma omp barrier
       if (nq > 0) {
-        const GemmView<T> v{B, nq, H, hraw.data(), H, false, whrT.data() + q0, P, false, hqp, nq, T(1), T(0),
+        const GemmView<T> v{B, nq, H, hraw.data(), H, false, whrT.get() + q0, P, false, hqp, nq, T(1), T(0),
                             nullptr};
         gemm_here<Isa, T>(v, abuf, bbuf);
         for (int64_t b = 0; b < B; ++b) {
