@@ -100,15 +100,32 @@ struct TransposeBlock<Avx512, double> {
 template <class Isa, class T>
 static void pack_a_block(const T* a, int64_t lda, bool trans, int64_t mc, int64_t kc, int h, T* dst) {
   constexpr int MR = GemmTraits<Isa, T>::MR;
+  if (trans) {
+    // Column l of a panel is mr contiguous elements of stored row l, so every stored row feeds
+    // all the panels. Panel by panel, each would re-read all kc rows (a new page each) for a
+    // few elements; instead LB rows at a time go to every panel while they sit in L1.
+    using V = Vec<Isa, T>;
+    constexpr int W = V::width;
+    constexpr int64_t LB = 8;
+    for (int64_t l0 = 0; l0 < kc; l0 += LB) {
+      const int64_t l1 = l0 + LB < kc ? l0 + LB : kc;
+      T* panel = dst;
+      for (int64_t p0 = 0; p0 < mc; p0 += h, panel += h * kc) {
+        const int mr = static_cast<int>(mc - p0 < h ? mc - p0 : h);
+        for (int64_t l = l0; l < l1; ++l) {
+          const T* src = a + l * lda + p0;
+          T* d = panel + l * h;
+          int i = 0;
+          for (; i + W <= mr; i += W) V::store(d + i, V::load(src + i));
+          if (i < mr) V::store_tail(d + i, V::load_tail(src + i, mr - i), mr - i);
+        }
+      }
+    }
+    return;
+  }
   for (int64_t p0 = 0; p0 < mc; p0 += h, dst += h * kc) {
     const int mr = static_cast<int>(mc - p0 < h ? mc - p0 : h);
-    if (trans) {
-      // Column l of the panel is mr contiguous elements of stored row l.
-      const T* src = a + p0;
-      for (int64_t l = 0; l < kc; ++l) {
-        for (int i = 0; i < mr; ++i) dst[l * h + i] = src[l * lda + i];
-      }
-    } else if (TransposeBlock<Isa, T>::available) {
+    if (TransposeBlock<Isa, T>::available) {
       // Width x width register transposes of up to width rows at a time; scalar for the last
       // kc % width columns.
       constexpr int W = Vec<Isa, T>::width;

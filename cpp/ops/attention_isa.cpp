@@ -277,17 +277,23 @@ void backward_one(const SdpaArgs<T>& a, int64_t n, T* p, T* dp, T* d, T* kt, T* 
   T* dq = a.dq + n * a.l * a.e;
   T* dk = a.dk + n * a.s * a.e;
   T* dv = a.dv + n * a.s * a.ev;
-  std::fill(dq, dq + a.l * a.e, T(0));
-  std::fill(dk, dk + a.s * a.e, T(0));
-  std::fill(dv, dv + a.s * a.ev, T(0));
+  // The first product into each gradient block overwrites it (beta = 0): dq_i first at key
+  // block 0, dk_j and dv_j first at their first visible query block. Only blocks no product
+  // reaches (no keys; causal keys past the last query) are cleared here.
+  if (a.s == 0) std::fill(dq, dq + a.l * a.e, T(0));
   for (int64_t i = 0; i < a.l; ++i) d[i] = dot_row<Isa, T>(dout + i * a.ev, out + i * a.ev, a.ev);
   transpose_blocked(k, a.s, a.e, kBwdBc, kt);
   transpose_blocked(v, a.s, a.ev, kBwdBc, vt);
   for (int64_t j0 = 0; j0 < a.s; j0 += kBwdBc) {
     const int64_t cols = std::min(kBwdBc, a.s - j0);
     const int64_t i_first = a.causal ? j0 / kBwdBr * kBwdBr : 0;  // query blocks that see key j0
+    if (i_first >= a.l) {
+      std::fill(dk + j0 * a.e, dk + (j0 + cols) * a.e, T(0));
+      std::fill(dv + j0 * a.ev, dv + (j0 + cols) * a.ev, T(0));
+    }
     for (int64_t i0 = i_first; i0 < a.l; i0 += kBwdBr) {
       const int64_t rows = std::min(kBwdBr, a.l - i0);
+      const T beta_kv = i0 == i_first ? T(0) : T(1), beta_q = j0 == 0 ? T(0) : T(1);
       tile_gemm<Isa, T>(rows, cols, a.e, q + i0 * a.e, a.e, false, kt + j0 * a.e, kBwdBc, false, p, kBwdBc, a.scale,
                         T(0), abuf, bbuf);
       mask_tile(a, n, i0, rows, j0, cols, p, kBwdBc);
@@ -310,7 +316,7 @@ void backward_one(const SdpaArgs<T>& a, int64_t n, T* p, T* dp, T* d, T* kt, T* 
         pd = dp;
       }
       tile_gemm<Isa, T>(cols, a.ev, rows, pd, kBwdBc, true, dout + i0 * a.ev, a.ev, false, dv + j0 * a.ev, a.ev, T(1),
-                        T(1), abuf, bbuf);
+                        beta_kv, abuf, bbuf);
       // dp = (dout_i v_j^T) f,  ds = p (dp - D)  (in p's buffer)
       tile_gemm<Isa, T>(rows, cols, a.ev, dout + i0 * a.ev, a.ev, false, vt + j0 * a.ev, kBwdBc, false, dp, kBwdBc,
                         T(1), T(0), abuf, bbuf);
@@ -321,9 +327,9 @@ void backward_one(const SdpaArgs<T>& a, int64_t n, T* p, T* dp, T* d, T* kt, T* 
         const T di = d[i0 + r];
         for (int64_t c = 0; c < cols; ++c) prow[c] = prow[c] * (dprow[c] - di);
       }
-      tile_gemm<Isa, T>(rows, a.e, cols, p, kBwdBc, false, k + j0 * a.e, a.e, false, dq + i0 * a.e, a.e, a.scale, T(1),
+      tile_gemm<Isa, T>(rows, a.e, cols, p, kBwdBc, false, k + j0 * a.e, a.e, false, dq + i0 * a.e, a.e, a.scale, beta_q,
                         abuf, bbuf);
-      tile_gemm<Isa, T>(cols, a.e, rows, p, kBwdBc, true, q + i0 * a.e, a.e, false, dk + j0 * a.e, a.e, a.scale, T(1),
+      tile_gemm<Isa, T>(cols, a.e, rows, p, kBwdBc, true, q + i0 * a.e, a.e, false, dk + j0 * a.e, a.e, a.scale, beta_kv,
                         abuf, bbuf);
     }
   }
