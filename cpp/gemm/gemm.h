@@ -66,6 +66,7 @@ struct GemmView {
   // and trans_b (which must still describe B: sub() falls back to them for column ranges that
   // do not start at 0).
   const T* b_packed = nullptr;
+  const GemmPost<T>* post = nullptr;  // GemmProblem::post
 
   // Rows [i0, i1) and columns [j0, j1) of C.
   GemmView sub(int64_t i0, int64_t i1, int64_t j0, int64_t j1) const {
@@ -190,7 +191,7 @@ static void gemm_packed(const GemmView<T>& v, T* abuf, T* bbuf) {
       const int64_t kc = std::min(Tr::KC, v.k - pc);
       const T* ablk = v.trans_a ? v.a + pc * v.lda + ic : v.a + ic * v.lda + pc;
       if (!a_direct) pack_a_block<Isa, T>(ablk, v.lda, v.trans_a, mc, kc, h, abuf);
-      TileEpilogue<T> ep{v.alpha, v.beta, nullptr, pc == 0, pc + kc == v.k};
+      TileEpilogue<T> ep{v.alpha, v.beta, nullptr, pc == 0, pc + kc == v.k, v.post};
 
       for (int64_t jc = 0; jc < v.n; jc += nc_step) {
         const int64_t nc = std::min(nc_step, v.n - jc);
@@ -313,8 +314,9 @@ void gemm(const GemmProblem<T>& p) {
     workspace = gemm_workspace<Isa, T>().get(per_thread * static_cast<size_t>(nt));
   }
 
-  const GemmView<T> base{p.m,       p.n,       p.k, p.a,     p.lda,  p.trans_a, p.b,
-                         p.ldb,     p.trans_b, p.c, p.ldc,   p.alpha, p.beta,  p.bias};
+  GemmView<T> base{p.m,     p.n,       p.k, p.a,   p.lda,   p.trans_a, p.b,
+                   p.ldb,   p.trans_b, p.c, p.ldc, p.alpha, p.beta,    p.bias};
+  base.post = p.post;
   std::atomic<int64_t> next_unit{0};
 
 #pragma omp parallel num_threads(nt) if (nt > 1)
@@ -344,10 +346,12 @@ void gemm(const GemmProblem<T>& p) {
         switch (path) {
           case GemmPath::empty_k:
             gemm_empty_k(s);
+            if (s.post) s.post->fn(s.c, s.ldc, s.m, s.n, s.post->ctx);
             break;
           case GemmPath::dot:
             dot_gemm<Isa, T>(s.m, s.n, s.k, s.a, s.lda, s.b, s.ldb, s.c, s.ldc, s.alpha, s.beta,
                              s.bias);
+            if (s.post) s.post->fn(s.c, s.ldc, s.m, s.n, s.post->ctx);
             break;
           case GemmPath::packed:
             gemm_packed<Isa, T>(s, abuf, bbuf);

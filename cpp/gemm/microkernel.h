@@ -22,6 +22,7 @@
 #include <utility>
 
 #include "gemm/traits.h"
+#include "runtime/kernel_table.h"
 #include "simd/vec.h"
 
 namespace seqblocks {
@@ -31,6 +32,7 @@ struct TileEpilogue {
   T alpha, beta;
   const T* bias;  // at the tile's first column, or null
   bool first_k, last_k;
+  const GemmPost<T>* post = nullptr;  // applied to the finished tile (last K block), or null
 };
 
 // Merges one accumulator vector (columns [col, col + lanes) of a C row) into C.
@@ -104,6 +106,7 @@ static void gemm_micro_tile(int64_t kc, const T* __restrict a, int64_t a_stride,
                                    bias ? bias + v * W : nullptr);
     }
   }
+  if (ep.last_k && ep.post != nullptr) ep.post->fn(c, ldc, M, n_valid, ep.post->ctx);  // tile still in L1
 }
 
 template <class T>

@@ -12,6 +12,17 @@ namespace seqblocks {
 // k x m (row stride lda) and transposed. Same for B (k x n, or n x k if trans_b).
 // beta == 0 means C is write-only (never read, so garbage or NaN in C does not propagate).
 // bias (length n, may be null) is added after scaling, as in y = x @ W^T + b.
+// An in-place operation on finished elements of C (a fused epilogue, e.g. an activation):
+// fn(c, ldc, rows, cols, ctx) is called exactly once for every element of C, on rectangles of
+// it, after the bias is added; `c` points into C, so ctx can locate a companion array with the
+// same layout by c's offset from C's start. Called from the GEMM's threads (no allocation, no
+// exceptions).
+template <class T>
+struct GemmPost {
+  void (*fn)(T* c, int64_t ldc, int64_t rows, int64_t cols, const void* ctx);
+  const void* ctx;
+};
+
 template <class T>
 struct GemmProblem {
   int64_t m = 0, n = 0, k = 0;
@@ -26,6 +37,7 @@ struct GemmProblem {
   int64_t ldc = 0, batch_stride_c = 0;
   T alpha = 1, beta = 0;
   const T* bias = nullptr;
+  const GemmPost<T>* post = nullptr;  // or null; batches: c offsets count from C[0]
   int nthreads = 1;
 };
 

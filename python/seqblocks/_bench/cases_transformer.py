@@ -171,13 +171,60 @@ def _add_layer_norm(rng, rows, k, torch):
     return Case("transformer", f"add_layer_norm fwd+bwd float32 rows={rows} k={k}", 0.0, impls)
 
 
+def _linear_act(rng, rows, d_in, d_out, act, fused, backward, torch):
+    """The first half of a feed-forward block, act(x W^T + b): the fused op (one GEMM with the
+    activation as its epilogue) or linear then the activation op (seqblocks' unfused path), against
+    torch's F.linear then the activation (aten kernels, no autograd tape)."""
+    from seqblocks import ops
+
+    x = rng.standard_normal((rows, d_in)).astype(np.float32)
+    w = (rng.standard_normal((d_out, d_in)) / np.sqrt(d_in)).astype(np.float32)
+    b = rng.standard_normal(d_out).astype(np.float32)
+    dy = rng.standard_normal((rows, d_out)).astype(np.float32)
+    approximate = "none" if act == "gelu" else "tanh"
+
+    def ours():
+        if fused:
+            y, ws = ops.linear_act_forward(x, w, b, act, needs_grad=backward)
+            return ops.linear_act_backward(dy, ws) if backward else y
+        z, lin_ws = ops.linear_forward(x, w, b, needs_grad=backward)
+        y, act_ws = ops.relu_forward(z, needs_grad=backward) if act == "relu" else \
+            ops.gelu_forward(z, approximate, needs_grad=backward)
+        if not backward:
+            return y
+        (dz,) = (ops.relu_backward if act == "relu" else ops.gelu_backward)(dy, act_ws)
+        return ops.linear_backward(dz, lin_ws)
+
+    impls = {"seqblocks": ours}
+    if torch is not None:
+        tx, tw, tb, tdy = (torch.from_numpy(a) for a in (x, w, b, dy))
+        aten = torch.ops.aten
+
+        def theirs():
+            with torch.no_grad():
+                z = torch.nn.functional.linear(tx, tw, tb)
+                y = torch.relu(z) if act == "relu" else torch.nn.functional.gelu(z, approximate=approximate)
+                if not backward:
+                    return y
+                dz = aten.threshold_backward(tdy, y, 0) if act == "relu" else \
+                    aten.gelu_backward(tdy, z, approximate=approximate)
+                return dz @ tw, dz.t() @ tx, dz.sum(0)
+
+        impls["torch"] = theirs
+    flops = 2.0 * rows * d_in * d_out * (3.0 if backward else 1.0)
+    what = ("fused" if fused else "unfused") + (" fwd+bwd" if backward else " fwd")
+    return Case("transformer", f"linear+{act} {what} float32 rows={rows} {d_in}->{d_out}", flops, impls)
+
+
 def cases(quick: bool) -> list[Case]:
     torch = torch_or_none()
     rng = np.random.default_rng(0)
     if quick:
         return [_encoder(rng, 2, 32, True, torch), _encoder(rng, 2, 32, False, torch),
                 _decoder(rng, 2, 32, 32, torch), _decode_step(rng, 2, 32, 32, 2, torch),
-                _add_layer_norm(rng, 256, 129, torch)]
+                _add_layer_norm(rng, 256, 129, torch), _linear_act(rng, 64, 32, 96, "gelu", True, True, torch)]
     return [_encoder(rng, 8, 128, True, torch), _encoder(rng, 8, 128, False, torch),
             _decoder(rng, 8, 128, 128, torch), _decode_step(rng, 8, 128, 128, 6, torch),
-            _add_layer_norm(rng, 1024, 512, torch)]
+            _add_layer_norm(rng, 1024, 512, torch)] + [
+        _linear_act(rng, 1024, D, FF, act, fused, backward, torch)
+        for act in ("relu", "gelu") for backward in (False, True) for fused in (True, False)]

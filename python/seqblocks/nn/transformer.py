@@ -305,6 +305,23 @@ def _step_mask(L: int, past: int, dtype) -> _Mask:
     return _Mask(np.where(j[None, :] > i, dtype.type(-np.inf), dtype.type(0)), False)
 
 
+class _LinearAct(_OpsPair):
+    @staticmethod
+    def forward(ctx, x, weight, bias, activation):
+        y, ws = ops.linear_act_forward(x, weight, bias, activation, needs_grad=ctx.needs_grad)
+        _OpsPair._keep(ctx, "linear_act", ws, 4)
+        return y
+
+
+def _ffn_hidden(layer, x: Tensor) -> Tensor:
+    """activation(linear1(x)) of a feed-forward block: one GEMM with the activation as its epilogue
+    (ops.linear_act_forward) for relu and gelu on a plain Linear; otherwise the two steps."""
+    act = "relu" if layer.activation is F.relu else "gelu" if layer.activation is F.gelu else None
+    if act is not None and type(layer.linear1) is Linear:
+        return _LinearAct.apply(x, layer.linear1.weight, layer.linear1.bias, act)
+    return _activate(layer.activation, layer.linear1(x))
+
+
 def _activate(activation, h: Tensor) -> Tensor:
     """activation(h); ReLU without autograd in place on the fresh linear1 output."""
     if activation is F.relu and not is_grad_enabled() and h.data.flags.writeable:
@@ -377,7 +394,7 @@ class TransformerEncoderLayer(Module):
         self.batch_first = bool(batch_first)
 
     def _ff_block(self, x):
-        return self.dropout2(self.linear2(self.dropout(_activate(self.activation, self.linear1(x)))))
+        return self.dropout2(self.linear2(self.dropout(_ffn_hidden(self, x))))
 
     def _block(self, x, m: _Mask, need_weights: bool, cache=None):
         """x (B, L, E) -> (B, L, E), weights."""
@@ -437,7 +454,7 @@ class TransformerDecoderLayer(Module):
         self.batch_first = bool(batch_first)
 
     def _ff_block(self, x):
-        return self.dropout3(self.linear2(self.dropout(_activate(self.activation, self.linear1(x)))))
+        return self.dropout3(self.linear2(self.dropout(_ffn_hidden(self, x))))
 
     def _block(self, x, memory, sm: _Mask, cm: _Mask, need_weights: bool, cache=None):
         t = self.training

@@ -39,3 +39,7 @@ __all__ += ["gru_layer_backward", "gru_layer_forward", "lstm_layer_backward", "l
 from .add_layer_norm import add_layer_norm_backward, add_layer_norm_forward
 
 __all__ += ["add_layer_norm_backward", "add_layer_norm_forward"]
+
+from .linear_act import linear_act_backward, linear_act_forward
+
+__all__ += ["linear_act_backward", "linear_act_forward"]
