@@ -9,8 +9,8 @@
 // each accumulator horizontally at the end. Tiles walk all of x for one NJ-row slab of W, so
 // every weight row is read from memory once and reused from L1 for all m rows; x (m x k) stays
 // in L1/L2. For m = 1 this is a GEMV and bound by the bandwidth from L3/memory, so the first
-// tile of each slab prefetches the next slab (one slab ahead keeps more lines in flight than
-// the hardware prefetcher alone does for NJ interleaved row streams).
+// tile of each slab prefetches a slab ahead (kDotGemvPrefetchSlabs; this keeps more lines in
+// flight than the hardware prefetcher alone does for NJ interleaved row streams).
 #pragma once
 
 #include <cstdint>
@@ -162,6 +162,10 @@ static inline DotTileFn<T> pick_dot_tile(int mi, int nj, std::integer_sequence<i
   return table[nj - 1](mi, std::make_integer_sequence<int, MI>{});
 }
 
+// How far ahead (in slabs) a GEMV prefetches W. Measured for W = 2048 x 512 float32 from L3 at
+// 1 thread: 1, 2 and 4 slabs within 1% of each other, 16 slabs 14% slower (lines evicted before use).
+constexpr int64_t kDotGemvPrefetchSlabs = 2;
+
 // C[0:m, 0:n] for x (m x k, row stride ldx) and W (n x k, row stride ldw); c, bias at column 0.
 template <class Isa, class T>
 static void dot_gemm(int64_t m, int64_t n, int64_t k, const T* x, int64_t ldx, const T* w,
@@ -171,6 +175,7 @@ static void dot_gemm(int64_t m, int64_t n, int64_t k, const T* x, int64_t ldx, c
   // A GEMV (m == 1) is bound by streaming W; it may prefer narrower slabs (fewer interleaved
   // row streams) than the register-bound small-m case.
   const int slab = m == 1 ? GemmTraits<Isa, T>::DOT_NJ_GEMV : NJ;
+  const int64_t ahead = m == 1 ? kDotGemvPrefetchSlabs : 1;  // slabs between a load and its prefetch
   for (int64_t j0 = 0; j0 < n; j0 += slab) {
     const int nj = static_cast<int>(n - j0 < slab ? n - j0 : slab);
     const T* wj = w + j0 * ldw;
@@ -179,7 +184,7 @@ static void dot_gemm(int64_t m, int64_t n, int64_t k, const T* x, int64_t ldx, c
       const int mi = static_cast<int>(m - i0 < MI ? m - i0 : MI);
       pick_dot_tile<Isa, T>(mi, nj, std::make_integer_sequence<int, NJ>{})(
           k, x + i0 * ldx, ldx, wj, ldw, c + i0 * ldc + j0, ldc, alpha, beta, bj,
-          i0 == 0 && j0 + 2 * slab <= n ? wj + slab * ldw : nullptr);
+          i0 == 0 && j0 + (ahead + 1) * slab <= n ? wj + ahead * slab * ldw : nullptr);
     }
   }
 }

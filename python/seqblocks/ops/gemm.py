@@ -12,7 +12,7 @@ import numpy as np
 
 from .. import _core, reference
 from .._backend import use_reference
-from ._checks import float_array, ndim_in, same_dtype, shape_str
+from ._checks import FLOAT_DTYPES, float_array, ndim_in, same_dtype, shape_str
 
 
 def matmul(a, b) -> np.ndarray:
@@ -71,6 +71,14 @@ def linear(x, weight, bias=None) -> np.ndarray:
     x: (..., in_features); weight: (out_features, in_features); bias: (out_features,) or None.
     Returns (..., out_features).
     """
+    if (type(x) is np.ndarray and type(weight) is np.ndarray and x.ndim == 2 and weight.ndim == 2
+            and x.dtype == weight.dtype and x.dtype in FLOAT_DTYPES and x.shape[1] == weight.shape[1]
+            and (bias is None or (type(bias) is np.ndarray and bias.dtype == x.dtype
+                                  and bias.shape == weight.shape[:1]))
+            and not use_reference()):
+        # The common call, already valid: straight to the kernel (the full checks below cost
+        # about 3 us, 2% of a 2048 x 512 GEMV).
+        return _core.linear(x, weight, bias)
     x, weight, bias = check_linear_args(x, weight, bias)
     out_features, in_features = weight.shape
     if use_reference():
