@@ -129,23 +129,56 @@ std::unique_ptr<T[]> uninit(int64_t n) {
   return std::unique_ptr<T[]>(new T[static_cast<size_t>(n)]);
 }
 
+// The temporaries of one call, carved from a per-thread block reused across calls (the GEMM's
+// workspace class, gemm/workspace.h): fresh allocations would be fresh pages every call -- the
+// 8 MB input projection of an LSTM at T=64 B=32 H=256 alone is ~2000 page faults, about 10% of
+// its forward. Sizes are reserved first, then the block is obtained once (on the calling thread,
+// before any parallel region: std::bad_alloc stays catchable); every piece is 64-byte aligned.
+// The block is separate from the GEMM's own (the same call runs GEMMs) and grows to the
+// largest call a thread has made.
+template <class T>
+class Scratch {
+ public:
+  size_t reserve(int64_t n) {
+    const size_t at = total_;
+    total_ += GemmWorkspace<T>::round_up(static_cast<size_t>(std::max<int64_t>(n, 0)));
+    return at;
+  }
+  void allocate(GemmWorkspace<T>& block) { base_ = block.get(std::max<size_t>(total_, 1)); }
+  T* at(size_t offset) const { return base_ + offset; }
+
+ private:
+  size_t total_ = 0;
+  T* base_ = nullptr;
+};
+
+template <class Isa, class T>
+GemmWorkspace<T>& rnn_scratch_block() {
+  static thread_local GemmWorkspace<T> block;
+  return block;
+}
+
 // Per-thread copies of a step's B operand (the thread's slice of the recurrent weights) in the
 // blocked kernel's panel layout, packed once before the time loop and read every step. Worth it
 // above a few rows: the few-rows kernel reads B in place.
 template <class Isa, class T>
 struct StepWeights {
   static constexpr int64_t kMinRows = 5;
-  int64_t per_thread = 0;  // elements, a multiple of 16 (64 bytes for float)
-  std::unique_ptr<T[]> buf;
-  StepWeights(int64_t rows, int64_t k, int64_t max_n, int nt) {
+  int64_t per_thread = 0;  // elements
+  size_t offset = 0;
+  T* base = nullptr;
+  StepWeights(int64_t rows, int64_t k, int64_t max_n, int nt, Scratch<T>& scratch) {
     if (rows < kMinRows) return;
-    per_thread = (PrepackedB<Isa, T>::elems(k, max_n) + 15) / 16 * 16;
-    buf.reset(new T[static_cast<size_t>(per_thread * nt + 64)]);
+    per_thread = static_cast<int64_t>(GemmWorkspace<T>::round_up(static_cast<size_t>(PrepackedB<Isa, T>::elems(k, max_n))));
+    offset = scratch.reserve(per_thread * nt);
+  }
+  void bind(const Scratch<T>& scratch) {
+    if (per_thread > 0) base = scratch.at(offset);
   }
   // Thread p's buffer, packed from its op(B) (k x n, row stride ldb), or null below kMinRows.
   const T* pack(int p, const T* b, int64_t ldb, int64_t k, int64_t n) const {
-    if (!buf) return nullptr;
-    T* dst = aligned64(buf.get()) + per_thread * p;
+    if (base == nullptr) return nullptr;
+    T* dst = base + per_thread * p;
     PrepackedB<Isa, T>::pack(b, ldb, false, k, n, dst);
     return dst;
   }
@@ -352,11 +385,31 @@ void rnn_forward(const RnnForwardArgs<T>& A) {
   const int nt = rnn_threads<Isa, T>(H, B, G, A.nthreads);
   constexpr int64_t W = Vec<Isa, T>::width;
 
+  // Thread slices of the hidden units, and the temporaries (Scratch): xa, wp, the per-thread
+  // recurrent products ha, packing buffers, prepacked step weights, h (double-buffered) and c.
+  std::vector<int64_t> lo(nt), hi(nt);
+  for (int p = 0; p < nt; ++p) thread_slice(H, nt, p, W, &lo[p], &hi[p]);
+  int64_t max_nj = 0;
+  for (int p = 0; p < nt; ++p) max_nj = std::max(max_nj, hi[p] - lo[p]);
+  const PackSizes<Isa, T> ps(B, G * max_nj, H);
+  Scratch<T> scratch;
+  const size_t at_xa = scratch.reserve(T_ * B * GH), at_wp = scratch.reserve(GH * H),
+               at_ha = scratch.reserve(nt * B * G * max_nj), at_pack = scratch.reserve((ps.a + ps.b) * nt),
+               at_h = scratch.reserve(2 * B * H), at_c = scratch.reserve(lstm ? B * H : 0);
+  StepWeights<Isa, T> wsteps(B, H, G * max_nj, nt, scratch);
+  scratch.allocate(rnn_scratch_block<Isa, T>());
+  wsteps.bind(scratch);
+  T* xa = scratch.at(at_xa);
+  T* wp = scratch.at(at_wp);
+  T* ha = scratch.at(at_ha);
+  T* packbuf = scratch.at(at_pack);
+  T* hbuf = scratch.at(at_h);
+  T* cstate = scratch.at(at_c);
+
   // Input projection of all steps: xa (T B, G H) = x W_ih^T + bias (GRU: b_ih only; b_hh stays
   // inside the recurrent product because of r * (W_hn h + b_hn)). (Computing it per step for
   // each thread's units instead, from a packed W_ih, measured slower at 1 thread -- W_ih and
   // W_hh together no longer fit in L2 -- and no faster at 2.)
-  auto xa = uninit<T>(T_ * B * GH);
   std::vector<T> bias_x(static_cast<size_t>(GH), T(0));
   std::vector<T> bias_h(static_cast<size_t>(GH), T(0));
   const bool any_bias = A.b_ih || A.b_hh;
@@ -369,15 +422,12 @@ void rnn_forward(const RnnForwardArgs<T>& A) {
       bias_x[k] = bi + bh;
     }
   }
-  gemm_full<Isa, T>(T_ * B, GH, I, A.x, I, false, A.w_ih, I, true, xa.get(), GH, any_bias ? bias_x.data() : nullptr,
+  gemm_full<Isa, T>(T_ * B, GH, I, A.x, I, false, A.w_ih, I, true, xa, GH, any_bias ? bias_x.data() : nullptr,
                     A.nthreads);
 
-  // Thread slices of the hidden units and W_hh^T (H, G H) with its columns permuted so each
-  // slice's G gate blocks are contiguous: column G lo + g nj + jj of wp is row g H + lo + jj of
-  // W_hh. (The step GEMM then reads B = W_hh^T row-major, the fast layout of the kernels.)
-  std::vector<int64_t> lo(nt), hi(nt);
-  for (int p = 0; p < nt; ++p) thread_slice(H, nt, p, W, &lo[p], &hi[p]);
-  auto wp = uninit<T>(GH * H);
+  // W_hh^T (H, G H) with its columns permuted so each slice's G gate blocks are contiguous:
+  // column G lo + g nj + jj of wp is row g H + lo + jj of W_hh. (The step GEMM then reads
+  // B = W_hh^T row-major, the fast layout of the kernels.)
   std::vector<T> bp(static_cast<size_t>(GH));
   std::vector<int64_t> src_of(static_cast<size_t>(GH));  // wp column -> W_hh row
   for (int p = 0; p < nt; ++p) {
@@ -390,17 +440,9 @@ void rnn_forward(const RnnForwardArgs<T>& A) {
       }
     }
   }
-  permuted_transpose<Isa, T>(A.w_hh, H, GH, src_of.data(), wp.get());
-  int64_t max_nj = 0;
-  for (int p = 0; p < nt; ++p) max_nj = std::max(max_nj, hi[p] - lo[p]);
-  std::vector<T> ha(static_cast<size_t>(nt * B * G * max_nj));
-  const PackSizes<Isa, T> ps(B, G * max_nj, H);
-  std::vector<T> packbuf((ps.a + ps.b) * nt + 64);
-  const StepWeights<Isa, T> wsteps(B, H, G * max_nj, nt);
-  std::vector<T> hbuf(static_cast<size_t>(2 * B * H));
-  std::memcpy(hbuf.data(), A.h0, sizeof(T) * B * H);
-  std::vector<T> cstate;
-  if (lstm) cstate.assign(A.c0, A.c0 + B * H);
+  permuted_transpose<Isa, T>(A.w_hh, H, GH, src_of.data(), wp);
+  std::memcpy(hbuf, A.h0, sizeof(T) * B * H);
+  if (lstm) std::memcpy(cstate, A.c0, sizeof(T) * B * H);
   const int64_t S = rnn_workspace_per_unit(A.cell) - 1 - (lstm ? 2 : 0);  // gate slots in ws
   T* ws_g = A.ws;
   T* ws_hprev = A.ws ? A.ws + T_ * B * S * H : nullptr;
@@ -413,15 +455,15 @@ void rnn_forward(const RnnForwardArgs<T>& A) {
     DenormalsFlushed flush;
     const int p = omp_get_thread_num();
     const int64_t j0 = lo[p], nj = hi[p] - lo[p];
-    T* hap = ha.data() + static_cast<size_t>(p) * B * G * max_nj;
-    T* abuf = aligned64(packbuf) + (ps.a + ps.b) * p;
+    T* hap = ha + static_cast<size_t>(p) * B * G * max_nj;
+    T* abuf = packbuf + (ps.a + ps.b) * p;
     T* bbuf = abuf + ps.a;
-    const T* wblk = wp.get() + G * j0;
+    const T* wblk = wp + G * j0;
     const T* wpacked = nj > 0 ? wsteps.pack(p, wblk, GH, H, G * nj) : nullptr;
     for (int64_t s = 0; s < T_; ++s) {
       const int64_t t = A.reverse ? T_ - 1 - s : s;
-      const T* hcur = hbuf.data() + (s & 1) * B * H;
-      T* hnext = hbuf.data() + ((s + 1) & 1) * B * H;
+      const T* hcur = hbuf + (s & 1) * B * H;
+      T* hnext = hbuf + ((s + 1) & 1) * B * H;
       if (nj > 0) {
         // ha (B, G nj) = h W_hh[own rows]^T (+ b_hh for GRU)
         const GemmView<T> v{B,     G * nj, H, hcur, H, false, wblk, GH, false, hap, G * nj, T(1), T(0),
@@ -430,13 +472,13 @@ void rnn_forward(const RnnForwardArgs<T>& A) {
         for (int64_t b = 0; b < B; ++b) {
           const bool act = row_active(A.lengths, b, t);
           const int64_t row = t * B + b;
-          const T* xr = xa.get() + row * GH + j0;
+          const T* xr = xa + row * GH + j0;
           const T* hr = hap + b * G * nj;
           T* yr = A.y + row * H;
           T* wsg = ws_g ? ws_g + row * S * H : nullptr;
           T* wsh = ws_hprev ? ws_hprev + row * H : nullptr;
           if (lstm) {
-            lstm_gates_row<Isa, T>(xr, H, hr, H, nj, j0, hcur + b * H, hnext + b * H, cstate.data() + b * H, yr, wsg,
+            lstm_gates_row<Isa, T>(xr, H, hr, H, nj, j0, hcur + b * H, hnext + b * H, cstate + b * H, yr, wsg,
                                    wsh, ws_cprev ? ws_cprev + row * H : nullptr, ws_tc ? ws_tc + row * H : nullptr,
                                    act);
           } else if (gru) {
@@ -449,8 +491,8 @@ void rnn_forward(const RnnForwardArgs<T>& A) {
 #pragma omp barrier
     }
   }
-  std::memcpy(A.h_n, hbuf.data() + (T_ & 1) * B * H, sizeof(T) * B * H);
-  if (lstm) std::memcpy(A.c_n, cstate.data(), sizeof(T) * B * H);
+  std::memcpy(A.h_n, hbuf + (T_ & 1) * B * H, sizeof(T) * B * H);
+  if (lstm) std::memcpy(A.c_n, cstate, sizeof(T) * B * H);
 }
 
 // ---------------------------------------------------------------------------------- backward
@@ -530,29 +572,39 @@ void rnn_backward(const RnnBackwardArgs<T>& A) {
   const T* ws_cprev = lstm ? ws_hprev + T_ * B * H : nullptr;
   const T* ws_tc = lstm ? ws_cprev + T_ * B * H : nullptr;
 
-  auto da = uninit<T>(T_ * B * GH);                          // d(input projection)
-  auto dah = gru ? uninit<T>(T_ * B * GH) : nullptr;        // GRU: d(recurrent product)
-  std::vector<T> dhz(gru ? static_cast<size_t>(B * H) : 0);
-  std::vector<T> dh(A.dh_n, A.dh_n + B * H);
-  std::vector<T> dc;
-  if (lstm) dc.assign(A.dc_n, A.dc_n + B * H);
   std::vector<int64_t> lo(nt), hi(nt);
   for (int p = 0; p < nt; ++p) thread_slice(H, nt, p, W, &lo[p], &hi[p]);
   int64_t max_nj = 0;
   for (int p = 0; p < nt; ++p) max_nj = std::max(max_nj, hi[p] - lo[p]);
-  std::vector<T> tmp(static_cast<size_t>(nt * B * max_nj));
   const PackSizes<Isa, T> ps(B, max_nj, GH);
-  std::vector<T> packbuf((ps.a + ps.b) * nt + 64);
-  const StepWeights<Isa, T> wsteps(B, GH, max_nj, nt);
-  const T* dA_h = gru ? dah.get() : da.get();
+  // Temporaries (Scratch): da = d(input projection), GRU's dah = d(recurrent product) and dhz,
+  // the carried dh and dc, per-thread step products, packing buffers and step weights.
+  Scratch<T> scratch;
+  const size_t at_da = scratch.reserve(T_ * B * GH), at_dah = scratch.reserve(gru ? T_ * B * GH : 0),
+               at_dhz = scratch.reserve(gru ? B * H : 0), at_dh = scratch.reserve(B * H),
+               at_dc = scratch.reserve(lstm ? B * H : 0), at_tmp = scratch.reserve(nt * B * max_nj),
+               at_pack = scratch.reserve((ps.a + ps.b) * nt);
+  StepWeights<Isa, T> wsteps(B, GH, max_nj, nt, scratch);
+  scratch.allocate(rnn_scratch_block<Isa, T>());
+  wsteps.bind(scratch);
+  T* da = scratch.at(at_da);
+  T* dah = gru ? scratch.at(at_dah) : nullptr;
+  T* dhz = scratch.at(at_dhz);
+  T* dh = scratch.at(at_dh);
+  T* dc = scratch.at(at_dc);
+  T* tmp = scratch.at(at_tmp);
+  T* packbuf = scratch.at(at_pack);
+  std::memcpy(dh, A.dh_n, sizeof(T) * B * H);
+  if (lstm) std::memcpy(dc, A.dc_n, sizeof(T) * B * H);
+  const T* dA_h = gru ? dah : da;
 
 #pragma omp parallel num_threads(nt) if (nt > 1)
   {
     DenormalsFlushed flush;
     const int p = omp_get_thread_num();
     const int64_t j0 = lo[p], nj = hi[p] - lo[p];
-    T* tp = tmp.data() + static_cast<size_t>(p) * B * max_nj;
-    T* abuf = aligned64(packbuf) + (ps.a + ps.b) * p;
+    T* tp = tmp + static_cast<size_t>(p) * B * max_nj;
+    T* abuf = packbuf + (ps.a + ps.b) * p;
     T* bbuf = abuf + ps.a;
     const T* wpacked = nj > 0 ? wsteps.pack(p, A.w_hh + j0, H, GH, nj) : nullptr;
     for (int64_t s = T_ - 1; s >= 0; --s) {
@@ -560,21 +612,21 @@ void rnn_backward(const RnnBackwardArgs<T>& A) {
       if (nj > 0) {
         for (int64_t b = 0; b < B; ++b) {
           const int64_t row = t * B + b;
-          T* dar = da.get() + row * GH;
+          T* dar = da + row * GH;
           if (!row_active(A.lengths, b, t)) {
             zero_units<Isa, T>(dar, G, H, j0, nj);
-            if (gru) zero_units<Isa, T>(dah.get() + row * GH, G, H, j0, nj);
+            if (gru) zero_units<Isa, T>(dah + row * GH, G, H, j0, nj);
             continue;
           }
           const T* dyr = A.dy + row * H;
           if (lstm) {
-            lstm_grad_row<Isa, T>(dyr, dh.data() + b * H, dc.data() + b * H, ws_g + row * S * H, ws_cprev + row * H,
+            lstm_grad_row<Isa, T>(dyr, dh + b * H, dc + b * H, ws_g + row * S * H, ws_cprev + row * H,
                                   ws_tc + row * H, H, nj, j0, dar);
           } else if (gru) {
-            gru_grad_row<Isa, T>(dyr, dh.data() + b * H, ws_g + row * S * H, ws_hprev + row * H, H, nj, j0, dar,
-                                 dah.get() + row * GH, dhz.data() + b * H);
+            gru_grad_row<Isa, T>(dyr, dh + b * H, ws_g + row * S * H, ws_hprev + row * H, H, nj, j0, dar,
+                                 dah + row * GH, dhz + b * H);
           } else {
-            rnn_grad_row<Isa, T>(dyr, dh.data() + b * H, ws_g + row * H, relu, nj, j0, dar);
+            rnn_grad_row<Isa, T>(dyr, dh + b * H, ws_g + row * H, relu, nj, j0, dar);
           }
         }
       }
@@ -586,10 +638,10 @@ void rnn_backward(const RnnBackwardArgs<T>& A) {
         gemm_here<Isa, T>(v, abuf, bbuf);
         for (int64_t b = 0; b < B; ++b) {
           if (!row_active(A.lengths, b, t)) continue;
-          T* dhr = dh.data() + b * H + j0;
+          T* dhr = dh + b * H + j0;
           const T* tr = tp + b * nj;
           if (gru) {
-            const T* z = dhz.data() + b * H + j0;
+            const T* z = dhz + b * H + j0;
             for (int64_t jj = 0; jj < nj; ++jj) dhr[jj] = tr[jj] + z[jj];
           } else {
             std::memcpy(dhr, tr, sizeof(T) * nj);
@@ -600,16 +652,16 @@ void rnn_backward(const RnnBackwardArgs<T>& A) {
       // of da, so no second barrier is needed here.
     }
   }
-  std::memcpy(A.dh0, dh.data(), sizeof(T) * B * H);
-  if (lstm) std::memcpy(A.dc0, dc.data(), sizeof(T) * B * H);
+  std::memcpy(A.dh0, dh, sizeof(T) * B * H);
+  if (lstm) std::memcpy(A.dc0, dc, sizeof(T) * B * H);
   const int64_t R = T_ * B;
   // dx (T B, I) = dA_x W_ih;  dW_ih = dA_x^T x;  dW_hh = dA_h^T hprev;  biases: column sums.
-  gemm_full<Isa, T>(R, I, GH, da.get(), GH, false, A.w_ih, I, false, A.dx, I, nullptr, A.nthreads);
-  gemm_full<Isa, T>(GH, I, R, da.get(), GH, true, A.x, I, false, A.dw_ih, I, nullptr, A.nthreads);
+  gemm_full<Isa, T>(R, I, GH, da, GH, false, A.w_ih, I, false, A.dx, I, nullptr, A.nthreads);
+  gemm_full<Isa, T>(GH, I, R, da, GH, true, A.x, I, false, A.dw_ih, I, nullptr, A.nthreads);
   gemm_full<Isa, T>(GH, H, R, dA_h, GH, true, ws_hprev, H, false, A.dw_hh, H, nullptr, A.nthreads);
-  column_sums<Isa, T>(da.get(), R, GH, A.db_ih, A.nthreads);
+  column_sums<Isa, T>(da, R, GH, A.db_ih, A.nthreads);
   if (gru) {
-    column_sums<Isa, T>(dah.get(), R, GH, A.db_hh, A.nthreads);
+    column_sums<Isa, T>(dah, R, GH, A.db_hh, A.nthreads);
   } else {
     std::memcpy(A.db_hh, A.db_ih, sizeof(T) * GH);
   }
