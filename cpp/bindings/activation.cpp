@@ -7,6 +7,7 @@
 
 #include "bindings/common.h"
 #include "bindings/ops_args.h"
+#include "bindings/output_cache.h"
 #include "bindings/registry.h"
 #include "ops/activation.h"
 #include "runtime/dispatch.h"
@@ -27,7 +28,7 @@ void run_unary(UnaryOp op, const T* x, T* y, int64_t n, int nt) {
 template <class T>
 py::array forward_impl(const std::string& name, const py::array& x_arr) {
   auto x = c_input<T>(x_arr);
-  py::array_t<T> y(shape_of(x));
+  auto y = new_output<T>(shape_of(x));
   const int64_t n = static_cast<int64_t>(x.size());
   if (n == 0) return std::move(y);
   UnaryOp op = UnaryOp::exp;
@@ -73,7 +74,7 @@ py::array backward_impl(const std::string& kind_name, const py::array& dy_arr, c
   }
   auto dy = c_input<T>(dy_arr);
   auto saved = c_input<T>(saved_arr);
-  py::array_t<T> dx(shape_of(dy));
+  auto dx = new_output<T>(shape_of(dy));
   const int64_t n = static_cast<int64_t>(dy.size());
   if (n == 0) return std::move(dx);
   const T* pdy = dy.data();

@@ -8,6 +8,7 @@
 #include <type_traits>
 
 #include "bindings/common.h"
+#include "bindings/output_cache.h"
 #include "bindings/registry.h"
 #include "ops/add_layer_norm.h"
 #include "runtime/threads.h"
@@ -53,7 +54,8 @@ py::tuple forward(const py::array& x_arr, const py::array& r_arr, const py::obje
   if (k == 0) throw std::invalid_argument("x: expected k >= 1 columns, got shape " + shape_str(x));
   CArray<T> w = optional_vector<T>(w_obj, "weight", k, t);
   CArray<T> b = optional_vector<T>(b_obj, "bias", k, t);
-  CArray<T> y({rows, k}), s({rows, k});
+  auto y = new_output<T, py::array::c_style | py::array::forcecast>({rows, k});
+  auto s = new_output<T, py::array::c_style | py::array::forcecast>({rows, k});
   AddLayerNormForwardArgs<T> a;
   a.x = x.data();
   a.r = r.data();
@@ -66,7 +68,8 @@ py::tuple forward(const py::array& x_arr, const py::array& r_arr, const py::obje
   a.eps = eps;
   py::object mean = py::none(), rstd = py::none();
   if (needs_grad) {
-    CArray<T> m({rows}), rs({rows});
+    auto m = new_output<T, py::array::c_style | py::array::forcecast>({rows});
+    auto rs = new_output<T, py::array::c_style | py::array::forcecast>({rows});
     a.mean = m.mutable_data();
     a.rstd = rs.mutable_data();
     mean = m;
@@ -108,16 +111,16 @@ py::tuple backward(const py::array& dy_arr, const py::object& ds_obj, const py::
   CArray<T> dy = CArray<T>::ensure(dy_arr);
   CArray<T> mean = CArray<T>::ensure(mean_arr), rstd = CArray<T>::ensure(rstd_arr);
   CArray<T> w = optional_vector<T>(w_obj, "weight", k, t);
-  CArray<T> dx({rows, k});
+  auto dx = new_output<T, py::array::c_style | py::array::forcecast>({rows, k});
   py::object dw = py::none(), db = py::none();
   LayerNormBackwardArgs<T> a;
   if (want_dw) {
-    CArray<T> d({k});
+    auto d = new_output<T, py::array::c_style | py::array::forcecast>({k});
     a.dw = d.mutable_data();
     dw = d;
   }
   if (want_db) {
-    CArray<T> d({k});
+    auto d = new_output<T, py::array::c_style | py::array::forcecast>({k});
     a.db = d.mutable_data();
     db = d;
   }

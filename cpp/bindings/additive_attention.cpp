@@ -6,6 +6,7 @@
 #include <string>
 
 #include "bindings/common.h"
+#include "bindings/output_cache.h"
 #include "bindings/registry.h"
 #include "ops/additive_attention.h"
 #include "runtime/threads.h"
@@ -42,7 +43,7 @@ Dims check(const py::array& qp, const py::array& kp, const py::array& w, DType* 
 template <class T>
 py::array forward(const py::array& qp_a, const py::array& kp_a, const py::array& w_a, const Dims& d) {
   CArray<T> qp = CArray<T>::ensure(qp_a), kp = CArray<T>::ensure(kp_a), w = CArray<T>::ensure(w_a);
-  CArray<T> scores({d.b, d.lq, d.s});
+  auto scores = new_output<T, py::array::c_style | py::array::forcecast>({d.b, d.lq, d.s});
   const T *q = qp.data(), *k = kp.data(), *wp = w.data();
   T* out = scores.mutable_data();
   {
@@ -62,7 +63,9 @@ py::tuple backward(const py::array& ds_a, const py::array& qp_a, const py::array
                    const Dims& d) {
   CArray<T> ds = CArray<T>::ensure(ds_a), qp = CArray<T>::ensure(qp_a), kp = CArray<T>::ensure(kp_a),
             w = CArray<T>::ensure(w_a);
-  CArray<T> dqp({d.b, d.lq, d.h}), dkp({d.b, d.s, d.h}), dwp({d.b, d.h});
+  auto dqp = new_output<T, py::array::c_style | py::array::forcecast>({d.b, d.lq, d.h});
+  auto dkp = new_output<T, py::array::c_style | py::array::forcecast>({d.b, d.s, d.h});
+  auto dwp = new_output<T, py::array::c_style | py::array::forcecast>({d.b, d.h});
   const T *g = ds.data(), *q = qp.data(), *k = kp.data(), *wp = w.data();
   T *dq = dqp.mutable_data(), *dk = dkp.mutable_data(), *dw = dwp.mutable_data();
   {

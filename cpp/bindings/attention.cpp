@@ -10,6 +10,7 @@
 #include <string>
 
 #include "bindings/common.h"
+#include "bindings/output_cache.h"
 #include "bindings/registry.h"
 #include "ops/attention.h"
 #include "runtime/threads.h"
@@ -114,8 +115,8 @@ py::tuple forward(const py::array& q_arr, const py::array& k_arr, const py::arra
     off = IArray::ensure(*off_arr);
   }
   checked_mul(checked_mul(c.n, c.l, "out size"), c.ev, "out size");
-  CArray<T> out({c.n, c.l, c.ev});
-  CArray<T> lse({c.n, c.l});
+  auto out = new_output<T, py::array::c_style | py::array::forcecast>({c.n, c.l, c.ev});
+  auto lse = new_output<T, py::array::c_style | py::array::forcecast>({c.n, c.l});
   SdpaArgs<T> a = make_args<T>(c, q, k, v, mask, off, sl, ss, causal, scale, p, seed);
   a.out = out.mutable_data();
   a.lse = lse.mutable_data();
@@ -140,7 +141,9 @@ py::tuple backward(const py::array& dout_arr, const py::array& q_arr, const py::
     mask = CArray<T>::ensure(*mask_arr);
     off = IArray::ensure(*off_arr);
   }
-  CArray<T> dq({c.n, c.l, c.e}), dk({c.n, c.s, c.e}), dv({c.n, c.s, c.ev});
+  auto dq = new_output<T, py::array::c_style | py::array::forcecast>({c.n, c.l, c.e});
+  auto dk = new_output<T, py::array::c_style | py::array::forcecast>({c.n, c.s, c.e});
+  auto dv = new_output<T, py::array::c_style | py::array::forcecast>({c.n, c.s, c.ev});
   SdpaArgs<T> a = make_args<T>(c, q, k, v, mask, off, sl, ss, causal, scale, p, seed);
   a.out = const_cast<T*>(out.data());  // read only in the backward
   a.lse = const_cast<T*>(lse.data());

@@ -7,6 +7,7 @@
 #include <string>
 
 #include "bindings/common.h"
+#include "bindings/output_cache.h"
 #include "bindings/registry.h"
 #include "ops/cross_entropy.h"
 #include "runtime/threads.h"
@@ -102,13 +103,14 @@ py::tuple forward(const py::array& x_arr, const py::object& target, const py::ob
   a.C = C;
   a.row_loss = loss.mutable_data();
   if (needs_grad) {
-    CArray<T> m({rows}), l({rows});
+    auto m = new_output<T, py::array::c_style | py::array::forcecast>({rows});
+    auto l = new_output<T, py::array::c_style | py::array::forcecast>({rows});
     a.row_max = m.mutable_data();
     a.row_logsum = l.mutable_data();
     mx = m;
     ls = l;
     if (a.q) {
-      CArray<T> aq({rows});
+      auto aq = new_output<T, py::array::c_style | py::array::forcecast>({rows});
       a.row_qw = aq.mutable_data();
       qw = aq;
     }
@@ -159,7 +161,7 @@ py::array backward(const py::array& x_arr, const py::object& target, const py::o
     gr = CArray<T>::ensure(grad_rows_obj);
     a.grad_rows = gr.data();
   }
-  CArray<T> dx({rows, C});
+  auto dx = new_output<T, py::array::c_style | py::array::forcecast>({rows, C});
   a.x = x.data();
   a.ignore_index = ignore_index;
   a.smoothing = smoothing;

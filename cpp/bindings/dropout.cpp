@@ -8,6 +8,7 @@
 
 #include "bindings/common.h"
 #include "bindings/ops_args.h"
+#include "bindings/output_cache.h"
 #include "bindings/registry.h"
 #include "ops/dropout.h"
 #include "runtime/threads.h"
@@ -18,7 +19,7 @@ namespace {
 template <class T>
 py::array dropout_impl(const py::array& x_arr, double p, uint64_t seed) {
   auto x = c_input<T>(x_arr);
-  py::array_t<T> y(shape_of(x));
+  auto y = new_output<T>(shape_of(x));
   const int64_t n = static_cast<int64_t>(x.size());
   if (n == 0) return std::move(y);
   const T* px = x.data();

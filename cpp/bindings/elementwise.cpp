@@ -7,6 +7,7 @@
 
 #include "bindings/common.h"
 #include "bindings/ops_args.h"
+#include "bindings/output_cache.h"
 #include "bindings/registry.h"
 #include "ops/elementwise.h"
 #include "runtime/threads.h"
@@ -38,7 +39,7 @@ py::array add_impl(const py::array& a_arr, const py::array& b_arr, int mode, int
   expect_size(b_arr, mode == 0 ? checked_mul(outer, inner, "add_broadcast b") : mid, "b");
   auto a = c_input<T>(a_arr);
   auto b = c_input<T>(b_arr);
-  py::array_t<T> y(static_cast<py::ssize_t>(total));
+  auto y = new_output<T>({static_cast<py::ssize_t>(total)});
   const T* pa = a.data();
   const T* pb = b.data();
   T* py_ = y.mutable_data();
@@ -59,7 +60,7 @@ py::array sum_axis_impl(const py::array& x_arr, int64_t outer, int64_t mid, int6
   const int64_t total = checked_volume(outer, mid, inner, "sum_axis");
   expect_size(x_arr, total, "x");
   auto x = c_input<T>(x_arr);
-  py::array_t<T> out(static_cast<py::ssize_t>(checked_mul(outer, inner, "sum_axis output")));
+  auto out = new_output<T>({static_cast<py::ssize_t>(checked_mul(outer, inner, "sum_axis output"))});
   const T* px = x.data();
   T* po = out.mutable_data();
   {

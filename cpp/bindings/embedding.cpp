@@ -9,6 +9,7 @@
 
 #include "bindings/common.h"
 #include "bindings/ops_args.h"
+#include "bindings/output_cache.h"
 #include "bindings/registry.h"
 #include "ops/embedding.h"
 #include "runtime/threads.h"
@@ -50,7 +51,7 @@ py::array forward_impl(const py::array& idx_arr, const py::array& w_arr) {
   const int64_t n = static_cast<int64_t>(idx.size());
   checked_mul(checked_mul(n, dim, "embedding output"), static_cast<int64_t>(sizeof(T)), "embedding output bytes");
   auto w = c_input<T>(w_arr);
-  py::array_t<T> out({static_cast<py::ssize_t>(n), static_cast<py::ssize_t>(dim)});
+  auto out = new_output<T>({static_cast<py::ssize_t>(n), static_cast<py::ssize_t>(dim)});
   if (n * dim == 0) return std::move(out);
   const int64_t* pi = idx.data();
   const T* pw = w.data();
@@ -83,7 +84,7 @@ py::array backward_impl(const py::array& dy_arr, const py::array& idx_arr, int64
   const int64_t dim = dy_arr.shape(1);
   checked_mul(checked_mul(num, dim, "dweight"), static_cast<int64_t>(sizeof(T)), "dweight bytes");
   auto dy = c_input<T>(dy_arr);
-  py::array_t<T> dw({static_cast<py::ssize_t>(num), static_cast<py::ssize_t>(dim)});
+  auto dw = new_output<T>({static_cast<py::ssize_t>(num), static_cast<py::ssize_t>(dim)});
   if (num * dim == 0) return std::move(dw);
   std::vector<int64_t> order(static_cast<size_t>(n)), offsets(static_cast<size_t>(num + 1));
   const int64_t* pi = idx.data();

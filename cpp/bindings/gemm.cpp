@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "bindings/common.h"
+#include "bindings/output_cache.h"
 #include "bindings/registry.h"
 #include "runtime/dispatch.h"
 #include "runtime/threads.h"
@@ -117,7 +118,7 @@ py::array run_gemm(const py::array& a_arr, const py::array& b_arr, bool trans_a,
   if (batched) shape.push_back(p.batch);
   shape.push_back(p.m);
   shape.push_back(p.n);
-  py::array_t<T> c(shape);
+  auto c = new_output<T>(shape);
   p.c = c.mutable_data();
   p.ldc = std::max<int64_t>(p.n, 1);
   p.batch_stride_c = p.m * p.n;

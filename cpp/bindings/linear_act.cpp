@@ -7,6 +7,7 @@
 
 #include "bindings/common.h"
 #include "bindings/ops_args.h"
+#include "bindings/output_cache.h"
 #include "bindings/registry.h"
 #include "ops/linear_act.h"
 #include "runtime/threads.h"
@@ -43,11 +44,11 @@ py::tuple linear_act_impl(LinearAct act, const py::array& x_arr, const py::array
     b = c_input<T>(b_arr);
     pb = b.data();
   }
-  py::array_t<T> y({static_cast<py::ssize_t>(rows), static_cast<py::ssize_t>(out_f)});
+  auto y = new_output<T>({static_cast<py::ssize_t>(rows), static_cast<py::ssize_t>(out_f)});
   py::object pre = py::none();
   T* ppre = nullptr;
   if (keep_pre) {
-    py::array_t<T> z({static_cast<py::ssize_t>(rows), static_cast<py::ssize_t>(out_f)});
+    auto z = new_output<T>({static_cast<py::ssize_t>(rows), static_cast<py::ssize_t>(out_f)});
     ppre = z.mutable_data();
     pre = std::move(z);
   }

@@ -10,6 +10,7 @@
 
 #include "bindings/common.h"
 #include "bindings/ops_args.h"
+#include "bindings/output_cache.h"
 #include "bindings/registry.h"
 #include "ops/elementwise.h"
 #include "runtime/dispatch.h"
@@ -45,12 +46,12 @@ py::tuple linear_backward_impl(const py::array& dy_arr, const py::array& x_arr, 
   auto dy = c_input<T>(dy_arr);
   auto x = c_input<T>(x_arr);
   auto w = c_input<T>(w_arr);
-  py::array_t<T> dx({static_cast<py::ssize_t>(rows), static_cast<py::ssize_t>(in_f)});
-  py::array_t<T> dw({static_cast<py::ssize_t>(out_f), static_cast<py::ssize_t>(in_f)});
+  auto dx = new_output<T>({static_cast<py::ssize_t>(rows), static_cast<py::ssize_t>(in_f)});
+  auto dw = new_output<T>({static_cast<py::ssize_t>(out_f), static_cast<py::ssize_t>(in_f)});
   py::object db = py::none();
   T* pdb = nullptr;
   if (has_bias) {
-    py::array_t<T> b(static_cast<py::ssize_t>(out_f));
+    auto b = new_output<T>({static_cast<py::ssize_t>(out_f)});
     pdb = b.mutable_data();
     db = std::move(b);
   }

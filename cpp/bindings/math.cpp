@@ -5,6 +5,7 @@
 #include <string>
 
 #include "bindings/common.h"
+#include "bindings/output_cache.h"
 #include "bindings/registry.h"
 #include "runtime/dispatch.h"
 #include "runtime/threads.h"
@@ -26,7 +27,7 @@ template <class T>
 py::array run_unary(UnaryOp op, const py::array& x_arr) {
   auto x = py::array_t<T, py::array::c_style | py::array::forcecast>::ensure(x_arr);
   std::vector<py::ssize_t> shape(x.shape(), x.shape() + x.ndim());
-  py::array_t<T> y(shape);
+  auto y = new_output<T>(shape);
   const int64_t n = static_cast<int64_t>(x.size());
   if (n == 0) return std::move(y);
   const T* src = x.data();

@@ -8,6 +8,7 @@
 
 #include "bindings/common.h"
 #include "bindings/ops_args.h"
+#include "bindings/output_cache.h"
 #include "bindings/registry.h"
 #include "ops/rnn.h"
 #include "runtime/threads.h"
@@ -117,8 +118,8 @@ py::tuple forward_impl(RnnCell cell, const py::array& x_arr, const py::array& h0
                                        whr ? lstm_proj_workspace_per_row(H, P) : H * rnn_workspace_per_unit(cell),
                                        "workspace");
   checked_mul(checked_mul(T_, B, "x"), G * H, "x");
-  py::array_t<T> y({T_, B, P});
-  py::array_t<T> h_n({B, P});
+  auto y = new_output<T>({T_, B, P});
+  auto h_n = new_output<T>({B, P});
   py::object c_n = py::none();
   py::object ws = py::none();
   RnnForwardArgs<T> a{};
@@ -130,12 +131,12 @@ py::tuple forward_impl(RnnCell cell, const py::array& x_arr, const py::array& h0
   a.w_hr = whr ? whr->data() : nullptr, a.P = P;
   a.y = y.mutable_data(), a.h_n = h_n.mutable_data();
   if (lstm) {
-    py::array_t<T> c({B, H});
+    auto c = new_output<T>({B, H});
     a.c_n = c.mutable_data();
     c_n = c;
   }
   if (needs_grad) {
-    py::array_t<T> w({ws_elems});
+    auto w = new_output<T>({ws_elems});
     a.ws = w.mutable_data();
     ws = w;
   }
@@ -195,7 +196,12 @@ py::tuple backward_impl(RnnCell cell, const py::array& dy_arr, const py::array& 
   std::optional<CArray<T>> dcn, whr;
   if (lstm) dcn = c_input<T>(*dcn_arr);
   if (whr_arr) whr = c_input<T>(*whr_arr);
-  py::array_t<T> dx({T_, B, I}), dh0({B, P}), dwih({G * H, I}), dwhh({G * H, P}), dbih({G * H}), dbhh({G * H});
+  auto dx = new_output<T>({T_, B, I});
+  auto dh0 = new_output<T>({B, P});
+  auto dwih = new_output<T>({G * H, I});
+  auto dwhh = new_output<T>({G * H, P});
+  auto dbih = new_output<T>({G * H});
+  auto dbhh = new_output<T>({G * H});
   py::object dc0 = py::none();
   py::object dwhr = py::none();
   RnnBackwardArgs<T> a{};
@@ -208,12 +214,12 @@ py::tuple backward_impl(RnnCell cell, const py::array& dy_arr, const py::array& 
   a.dx = dx.mutable_data(), a.dh0 = dh0.mutable_data(), a.dw_ih = dwih.mutable_data(), a.dw_hh = dwhh.mutable_data();
   a.db_ih = dbih.mutable_data(), a.db_hh = dbhh.mutable_data();
   if (whr) {
-    py::array_t<T> w({P, H});
+    auto w = new_output<T>({P, H});
     a.w_hr = whr->data(), a.P = P, a.dw_hr = w.mutable_data();
     dwhr = w;
   }
   if (lstm) {
-    py::array_t<T> c({B, H});
+    auto c = new_output<T>({B, H});
     a.dc0 = c.mutable_data();
     dc0 = c;
   }

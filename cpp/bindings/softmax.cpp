@@ -6,6 +6,7 @@
 #include <string>
 
 #include "bindings/common.h"
+#include "bindings/output_cache.h"
 #include "bindings/registry.h"
 #include "ops/softmax.h"
 #include "runtime/threads.h"
@@ -26,7 +27,7 @@ template <class T>
 py::array forward(const py::array& x_arr, bool log) {
   CArray<T> x = CArray<T>::ensure(x_arr);
   const int64_t rows = x.shape(0), n = x.shape(1);
-  CArray<T> y({rows, n});
+  auto y = new_output<T, py::array::c_style | py::array::forcecast>({rows, n});
   const T* xp = x.data();
   T* yp = y.mutable_data();
   {
@@ -46,7 +47,7 @@ py::array backward(const py::array& dy_arr, const py::array& y_arr, bool log) {
   CArray<T> dy = CArray<T>::ensure(dy_arr);
   CArray<T> y = CArray<T>::ensure(y_arr);
   const int64_t rows = y.shape(0), n = y.shape(1);
-  CArray<T> dx({rows, n});
+  auto dx = new_output<T, py::array::c_style | py::array::forcecast>({rows, n});
   const T* dyp = dy.data();
   const T* yp = y.data();
   T* dxp = dx.mutable_data();

@@ -10,6 +10,7 @@ from ._backend import backend, get_backend, set_backend
 from ._runtime import (
     available_isas,
     cpu_info,
+    empty_cache,
     get_isa,
     get_num_threads,
     set_isa,
@@ -31,6 +32,7 @@ __all__ = [
     "available_isas",
     "cat",
     "compare",
+    "empty_cache",
     "enable_grad",
     "get_rng_state",
     "initial_seed",

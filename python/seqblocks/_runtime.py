@@ -72,6 +72,16 @@ def get_num_threads() -> int:
     return _core.get_num_threads()
 
 
+def empty_cache() -> int:
+    """Free the blocks seqblocks holds for reuse by later outputs and return their size in bytes.
+
+    Outputs of the native ops of at least 256 KiB (activations, gradients, workspaces) are carved
+    from blocks that are kept, up to 1 GiB in all, when NumPy frees the arrays, and reused by
+    later outputs of a similar size: fresh memory would be page-faulted in and zeroed by the OS
+    on every call (docs/python-layer.md)."""
+    return int(_core.output_cache_clear())
+
+
 def cpu_info() -> dict:
     """What the CPU offers and what seqblocks uses.
 

@@ -61,6 +61,7 @@ def _mha(rng, b, l, e, heads, torch):
 
     def ours():
         xt = seqblocks.tensor(x, requires_grad=True)
+        ours_m.zero_grad()  # as torch's closure does: fresh gradients, nothing accumulated
         out, _ = ours_m(xt, xt, xt, need_weights=False)
         out.backward(dy)
 

@@ -43,6 +43,7 @@ def _encoder(rng, b, l, backward, torch):
             with seqblocks.no_grad():
                 return ours_m(x)
         xt = seqblocks.tensor(x, requires_grad=True)
+        ours_m.zero_grad()  # as torch's closure does: fresh gradients, nothing accumulated
         ours_m(xt).backward(dy)
 
     impls = {"seqblocks": ours}
@@ -81,6 +82,7 @@ def _decoder(rng, b, l, s, torch):
     def ours():
         xt = seqblocks.tensor(x, requires_grad=True)
         mt = seqblocks.tensor(mem, requires_grad=True)
+        ours_m.zero_grad()  # as torch's closure does
         ours_m(xt, mt, tgt_mask=mask, tgt_is_causal=True).backward(dy)
 
     impls = {"seqblocks": ours}

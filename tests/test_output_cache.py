@@ -1,0 +1,87 @@
+"""Outputs of at least 256 KiB come from blocks that are reused after NumPy frees them
+(cpp/bindings/output_cache.h); seqblocks.empty_cache() frees the held blocks."""
+
+import pickle
+import threading
+
+import numpy as np
+
+import seqblocks
+from seqblocks import _core, ops
+
+BIG = _core.output_cache_min_bytes // 4  # float32 elements of the smallest cached output
+
+
+def data_pointer(a):
+    return a.__array_interface__["data"][0]
+
+
+def test_big_outputs_are_ordinary_arrays_and_reuse_freed_blocks(rng):
+    x = rng.standard_normal((BIG // 64, 64)).astype(np.float32)
+    y = ops.relu_forward(x)[0]
+    assert y.shape == x.shape and y.dtype == np.float32
+    assert y.flags.c_contiguous and y.flags.writeable and not y.flags.owndata
+    assert data_pointer(y) % 64 == 0
+    np.testing.assert_array_equal(y, np.maximum(x, 0))
+    y[0, 0] = 7.0  # writable for real
+    assert y[0, 0] == 7.0
+    pointer = data_pointer(y)
+    del y
+    assert _core.output_cache_held() >= x.nbytes
+    z = ops.tanh(x)  # same size: the freed block comes back
+    assert data_pointer(z) == pointer
+    np.testing.assert_allclose(z, np.tanh(x), rtol=1e-6, atol=1e-7)
+
+
+def test_small_outputs_are_plain_numpy_arrays(rng):
+    y = ops.relu_forward(rng.standard_normal(100).astype(np.float32))[0]
+    assert y.flags.owndata
+
+
+def test_empty_cache_releases_held_blocks_only(rng):
+    x = rng.standard_normal(3 * BIG).astype(np.float32)
+    keep = ops.relu_forward(x)[0]
+    gone = ops.tanh(x)
+    del gone
+    released = seqblocks.empty_cache()
+    assert released >= x.nbytes and _core.output_cache_held() == 0
+    np.testing.assert_array_equal(keep, np.maximum(x, 0))  # a live output is untouched
+    assert seqblocks.empty_cache() == 0
+
+
+def test_outputs_pickle_copy_and_outlive_their_producer(rng):
+    x = rng.standard_normal((BIG // 32, 32)).astype(np.float32)
+    w = rng.standard_normal((32, 32)).astype(np.float32)
+    y = ops.linear(x, w)
+    again = pickle.loads(pickle.dumps(y))
+    np.testing.assert_array_equal(again, y)
+    view = y[::2]
+    del y
+    seqblocks.empty_cache()
+    np.testing.assert_array_equal(view, again[::2])  # the view keeps the block alive
+
+
+def test_held_bytes_stay_within_the_limit(rng):
+    x = rng.standard_normal(BIG).astype(np.float32)
+    outs = [ops.relu_forward(x)[0] for _ in range(8)]
+    del outs
+    assert _core.output_cache_held() <= _core.output_cache_limit_bytes
+
+
+def test_concurrent_python_threads(rng):
+    x = rng.standard_normal((BIG // 16, 16)).astype(np.float32)
+    expected = np.maximum(x, 0)
+    errors = []
+
+    def work():
+        for _ in range(20):
+            y = ops.relu_forward(x)[0]
+            if not np.array_equal(y, expected):
+                errors.append("mismatch")
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
