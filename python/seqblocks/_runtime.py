@@ -78,7 +78,7 @@ def empty_cache() -> int:
     Outputs of the native ops of at least 256 KiB (activations, gradients, workspaces) are carved
     from blocks that are kept, up to 1 GiB in all, when NumPy frees the arrays, and reused by
     later outputs of a similar size: fresh memory would be page-faulted in and zeroed by the OS
-    on every call (docs/python-layer.md)."""
+    on every call (docs/ops.md, "Output memory")."""
     return int(_core.output_cache_clear())
 
 
