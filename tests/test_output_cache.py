@@ -5,6 +5,7 @@ import pickle
 import threading
 
 import numpy as np
+import pytest
 
 import seqblocks
 from seqblocks import _core, ops
@@ -17,6 +18,7 @@ def data_pointer(a):
 
 
 def test_big_outputs_are_ordinary_arrays_and_reuse_freed_blocks(rng):
+    seqblocks.empty_cache()
     x = rng.standard_normal((BIG // 64, 64)).astype(np.float32)
     y = ops.relu_forward(x)[0]
     assert y.shape == x.shape and y.dtype == np.float32
@@ -85,3 +87,13 @@ def test_concurrent_python_threads(rng):
     for t in threads:
         t.join()
     assert not errors
+
+
+def test_core_empty():
+    a = _core.empty((3, BIG), np.dtype(np.float32))
+    assert a.shape == (3, BIG) and a.dtype == np.float32 and a.flags.c_contiguous and a.flags.writeable
+    assert _core.empty((2, 3), np.dtype(np.float64)).dtype == np.float64
+    with pytest.raises(TypeError, match="dtype: expected float32 or float64, got int32"):
+        _core.empty((2,), np.dtype(np.int32))
+    with pytest.raises(ValueError, match="shape: expected sizes >= 0, got -1"):
+        _core.empty((2, -1), np.dtype(np.float32))

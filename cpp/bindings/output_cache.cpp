@@ -1,10 +1,15 @@
 // The output cache of output_cache.h, and seqblocks.empty_cache().
 #include "bindings/output_cache.h"
 
+#include <pybind11/stl.h>
+
 #include <cstdlib>
+#include <iterator>
 #include <map>
 #include <mutex>
 #include <new>
+#include <string>
+#include <vector>
 
 #include "bindings/registry.h"
 
@@ -36,9 +41,12 @@ void* output_cache_take(size_t bytes) {
   Cache& c = cache();
   {
     std::lock_guard<std::mutex> lock(c.mutex);
-    // The smallest held block that fits, if it wastes at most a quarter of itself.
+    // The smallest held block that fits, if it wastes at most a quarter of itself; of equal
+    // ones the most recently freed (multimap appends equal keys), whose lines are likeliest
+    // still in cache.
     auto it = c.free_blocks.lower_bound(capacity);
     if (it != c.free_blocks.end() && it->first <= capacity + capacity / 3) {
+      it = std::prev(c.free_blocks.upper_bound(it->first));
       void* start = it->second;
       c.held -= it->first;
       c.free_blocks.erase(it);
@@ -90,6 +98,18 @@ size_t output_cache_held() {
 
 SEQBLOCKS_BINDINGS(output_cache) {
   using namespace seqblocks;
+  m.def(
+      "empty",
+      [](const std::vector<py::ssize_t>& shape, const py::dtype& dtype) -> py::array {
+        for (py::ssize_t d : shape) {
+          if (d < 0) throw std::invalid_argument("shape: expected sizes >= 0, got " + std::to_string(d));
+        }
+        if (dtype.is(py::dtype::of<float>())) return new_output<float>(shape);
+        if (dtype.is(py::dtype::of<double>())) return new_output<double>(shape);
+        throw py::type_error("dtype: expected float32 or float64, got " + std::string(py::str(dtype)));
+      },
+      py::arg("shape"), py::arg("dtype"),
+      "an uninitialised C-contiguous array, from the output cache when large (for Python-side copies)");
   m.def("output_cache_clear", &output_cache_clear, "free every held output block; returns the bytes released");
   m.def("output_cache_held", &output_cache_held, "bytes of freed output blocks held for reuse");
   m.attr("output_cache_min_bytes") = kMinCachedBytes;

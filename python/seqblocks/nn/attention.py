@@ -13,7 +13,7 @@ import math
 
 import numpy as np
 
-from .. import ops
+from .. import _core, ops
 from .._random import next_seed
 from ..autograd import Function, Tensor, _to_numpy, cat
 from . import functional as F
@@ -58,23 +58,52 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p: f
 
 
 class _SplitHeads(Function):
-    """qkv (B, L, 3E) -> q, k, v, each a C-contiguous (B, H, L, D) (one copy in each direction)."""
+    """(B, L, n H D) -> n C-contiguous (B, H, L, D) arrays (the packed q/k/v of a projection);
+    backward joins the n gradients back into (B, L, n H D). One copy each way, into blocks of the
+    output cache (``_core.empty``: no fresh pages per call)."""
 
     @staticmethod
-    def forward(ctx, qkv, heads):
-        B, L, E3 = qkv.shape
-        D = E3 // (3 * heads)
-        ctx.shape = qkv.shape
-        a = np.ascontiguousarray(qkv.reshape(B, L, 3, heads, D).transpose(2, 0, 3, 1, 4))
-        return a[0], a[1], a[2]
+    def forward(ctx, x, n, heads):
+        B, L, width = x.shape
+        D = width // (n * heads)
+        ctx.shape = x.shape
+        y = _core.empty((n, B, heads, L, D), x.dtype)
+        np.copyto(y, x.reshape(B, L, n, heads, D).transpose(2, 0, 3, 1, 4))
+        return tuple(y[i] for i in range(n)) if n > 1 else y[0]
 
     @staticmethod
-    def backward(ctx, dq, dk, dv):
-        B, L, E3 = ctx.shape
-        g = np.empty((B, L, 3) + dq.shape[1:2] + dq.shape[3:], dq.dtype)  # (B, L, 3, H, D)
-        for i, d in enumerate((dq, dk, dv)):
-            g[:, :, i] = d.transpose(0, 2, 1, 3)
-        return g.reshape(B, L, E3), None
+    def backward(ctx, *grads):
+        B, L, width = ctx.shape
+        _, heads, _, D = grads[0].shape
+        g = _core.empty((B, L, len(grads), heads, D), grads[0].dtype)
+        for i, d in enumerate(grads):
+            np.copyto(g[:, :, i], d.transpose(0, 2, 1, 3))
+        return g.reshape(ctx.shape), None, None
+
+
+class _MergeHeads(Function):
+    """(B, H, L, D) -> (B, L, H D), the inverse layout change (one copy each way, as above)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        B, H, L, D = x.shape
+        ctx.saved_heads = H
+        y = _core.empty((B, L, H, D), x.dtype)
+        np.copyto(y, x.transpose(0, 2, 1, 3))
+        return y.reshape(B, L, H * D)
+
+    @staticmethod
+    def backward(ctx, g):
+        B, L, E = g.shape
+        H = ctx.saved_heads
+        dx = _core.empty((B, H, L, E // H), g.dtype)
+        np.copyto(dx, g.reshape(B, L, H, E // H).transpose(0, 2, 1, 3))
+        return dx
+
+
+def _merge_heads(x: Tensor) -> Tensor:
+    """(B, H, L, D) -> (B, L, H D)."""
+    return _MergeHeads.apply(x)
 
 
 
@@ -222,11 +251,9 @@ class MultiheadAttention(Module):
             am = None if am is None else np.pad(am, [(0, 0)] * (am.ndim - 1) + [(0, 1)])
             kpm = None if kpm is None else np.pad(kpm, [(0, 0), (0, 1)])
         if packed:
-            q, k, v = _SplitHeads.apply(q, H)
+            q, k, v = _SplitHeads.apply(q, 3, H)
         else:
-            q = q.reshape(B, L, H, D).transpose(1, 2)
-            k = k.reshape(B, k.shape[1], H, D).transpose(1, 2)
-            v = v.reshape(B, v.shape[1], H, D).transpose(1, 2)
+            q, k, v = (_SplitHeads.apply(t, 1, H) for t in (q, k, v))
         if self.add_zero_attn:
             z = np.zeros((B, H, 1, D), dt)
             k = cat([k, z], 2)
@@ -255,7 +282,7 @@ class MultiheadAttention(Module):
             if p > 0:
                 w = F._Dropout.apply(w, p, seed)
             weights = w.mean(1) if average_attn_weights else w
-        out = out.transpose(1, 2).reshape(B, L, E)
+        out = _merge_heads(out)
         out = self.out_proj(out)
         if not batched:
             out = out.squeeze(0)

@@ -29,7 +29,7 @@ from .._random import next_seed
 from ..autograd import Function, Tensor, _to_numpy, is_grad_enabled, no_grad
 from . import functional as F
 from . import init
-from .attention import MultiheadAttention
+from .attention import MultiheadAttention, _merge_heads, _SplitHeads
 from .attention import _float_mask as _additive
 from .container import ModuleList
 from .functional import _OpsPair, _tensor
@@ -52,28 +52,6 @@ class _Attention(_OpsPair):
                                    needs_grad=ctx.needs_grad)
         _OpsPair._keep(ctx, "sdpa", ws, 7)
         return out
-
-
-class _SplitHeads(Function):
-    """(B, L, n * H * D) -> n contiguous arrays (B, H, L, D) (the packed q/k/v of a projection);
-    backward joins the n gradients back into (B, L, n * H * D)."""
-
-    @staticmethod
-    def forward(ctx, x, n, heads):
-        B, L, width = x.shape
-        D = width // (n * heads)
-        ctx.shape = x.shape
-        y = np.ascontiguousarray(x.reshape(B, L, n, heads, D).transpose(2, 0, 3, 1, 4))
-        return tuple(y[i] for i in range(n)) if n > 1 else y[0]
-
-    @staticmethod
-    def backward(ctx, *grads):
-        B, L, width = ctx.shape
-        _, heads, _, D = grads[0].shape
-        g = np.empty((B, L, len(grads), heads, D), grads[0].dtype)  # one strided copy per gradient
-        for i, d in enumerate(grads):
-            g[:, :, i] = d.transpose(0, 2, 1, 3)
-        return g.reshape(ctx.shape), None, None
 
 
 def _residual(x: Tensor, branch: Tensor) -> Tensor:
@@ -112,11 +90,6 @@ def _add_norm(norm, x: Tensor, r: Tensor, both: bool = False):
         return _AddNorm.apply(x, r, norm.weight, norm.bias, norm.normalized_shape, norm.eps, both)
     s = _residual(x, r)
     return (norm(s), s) if both else norm(s)
-
-
-def _merge_heads(x: Tensor) -> Tensor:
-    B, H, L, D = x.shape
-    return x.transpose(1, 2).reshape(B, L, H * D)
 
 
 def _get_activation(activation):
