@@ -113,6 +113,31 @@ def _additive(rng, b, lq, s, h, torch, with_numpy):
     return Case("attention", f"additive scores fwd+bwd float32 B={b} Lq={lq} S={s} H={h}", 0.0, impls)
 
 
+def _split_heads(rng, b, l, heads, d, torch):
+    """The q/k/v head split of a packed (B, L, 3 H D) projection into three (B, H, L, D) arrays:
+    seqblocks' native row copies (``_core.strided_copy``) vs NumPy's ``copyto`` of the transposed
+    views vs torch's ``permute(...).contiguous()``."""
+    from seqblocks import _core
+
+    x = rng.standard_normal((b, l, 3 * heads * d)).astype(np.float32)
+    parts = x.reshape(b, l, 3, heads, d)
+    out = np.empty((3, b, heads, l, d), np.float32)
+
+    def ours():
+        for i in range(3):
+            _core.strided_copy(out[i], parts[:, :, i].transpose(0, 2, 1, 3))
+
+    def numpy_impl():
+        for i in range(3):
+            np.copyto(out[i], parts[:, :, i].transpose(0, 2, 1, 3))
+
+    impls = {"seqblocks": ours, "numpy": numpy_impl}
+    if torch is not None:
+        tparts = torch.from_numpy(parts)
+        impls["torch"] = lambda: tparts.permute(2, 0, 3, 1, 4).contiguous()
+    return Case("attention", f"head split copy float32 B={b} L={l} 3x{heads}x{d}", 0.0, impls)
+
+
 def cases(quick: bool) -> list[Case]:
     torch = torch_or_none()
     rng = np.random.default_rng(0)
@@ -120,11 +145,12 @@ def cases(quick: bool) -> list[Case]:
         return [_sdpa(rng, 2, 4, 128, 128, 64, False, False, torch, True),
                 _sdpa(rng, 2, 4, 128, 128, 64, True, True, torch, True),
                 _mha(rng, 4, 64, 256, 8, torch),
-                _additive(rng, 4, 16, 32, 64, torch, True)]
+                _additive(rng, 4, 16, 32, 64, torch, True), _split_heads(rng, 2, 32, 4, 16, torch)]
     out = []
     for causal in (False, True):
         out.append(_sdpa(rng, 4, 8, 512, 512, 64, causal, False, torch, False))
         out.append(_sdpa(rng, 4, 8, 512, 512, 64, causal, True, torch, False))
     out.append(_mha(rng, 8, 128, 512, 8, torch))
     out.append(_additive(rng, 16, 32, 64, 256, torch, False))
+    out.append(_split_heads(rng, 8, 128, 8, 64, torch))
     return out

@@ -57,6 +57,16 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p: f
 # --------------------------------------------------------------------------- MultiheadAttention
 
 
+def _copy(dst: np.ndarray, src: np.ndarray) -> None:
+    """dst[...] = src; the row copies of a head split/merge natively (NumPy's strided copy of a
+    transposed view is several times slower), any other layout by NumPy."""
+    if dst.dtype == src.dtype and dst.dtype.kind == "f" and dst.ndim <= 4 and dst.strides[-1] == dst.itemsize \
+            and src.strides[-1] == src.itemsize:
+        _core.strided_copy(dst, src)
+    else:
+        np.copyto(dst, src)
+
+
 class _SplitHeads(Function):
     """(B, L, n H D) -> n C-contiguous (B, H, L, D) arrays (the packed q/k/v of a projection);
     backward joins the n gradients back into (B, L, n H D). One copy each way, into blocks of the
@@ -68,7 +78,9 @@ class _SplitHeads(Function):
         D = width // (n * heads)
         ctx.shape = x.shape
         y = _core.empty((n, B, heads, L, D), x.dtype)
-        np.copyto(y, x.reshape(B, L, n, heads, D).transpose(2, 0, 3, 1, 4))
+        parts = x.reshape(B, L, n, heads, D)
+        for i in range(n):
+            _copy(y[i], parts[:, :, i].transpose(0, 2, 1, 3))
         return tuple(y[i] for i in range(n)) if n > 1 else y[0]
 
     @staticmethod
@@ -77,7 +89,7 @@ class _SplitHeads(Function):
         _, heads, _, D = grads[0].shape
         g = _core.empty((B, L, len(grads), heads, D), grads[0].dtype)
         for i, d in enumerate(grads):
-            np.copyto(g[:, :, i], d.transpose(0, 2, 1, 3))
+            _copy(g[:, :, i], d.transpose(0, 2, 1, 3))
         return g.reshape(ctx.shape), None, None
 
 
@@ -89,7 +101,7 @@ class _MergeHeads(Function):
         B, H, L, D = x.shape
         ctx.saved_heads = H
         y = _core.empty((B, L, H, D), x.dtype)
-        np.copyto(y, x.transpose(0, 2, 1, 3))
+        _copy(y, x.transpose(0, 2, 1, 3))
         return y.reshape(B, L, H * D)
 
     @staticmethod
@@ -97,7 +109,7 @@ class _MergeHeads(Function):
         B, L, E = g.shape
         H = ctx.saved_heads
         dx = _core.empty((B, H, L, E // H), g.dtype)
-        np.copyto(dx, g.reshape(B, L, H, E // H).transpose(0, 2, 1, 3))
+        _copy(dx, g.reshape(B, L, H, E // H).transpose(0, 2, 1, 3))
         return dx
 
 
