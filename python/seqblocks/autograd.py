@@ -683,7 +683,8 @@ def _leaf_grad(g: np.ndarray, leaf: Tensor, owned: set) -> np.ndarray:
     dtype = leaf.data.dtype
     if g.dtype != dtype:
         g = g.astype(dtype)
-    elif g.base is not None or not g.flags.writeable or not g.flags.c_contiguous or id(g) in owned:
+    elif (isinstance(g.base, np.ndarray) or not g.flags.writeable or not g.flags.c_contiguous
+          or id(g) in owned):  # (a native output's base is its memory block's owner, not an array)
         g = np.array(g, dtype=dtype, order="C")
     owned.add(id(g))
     return g
