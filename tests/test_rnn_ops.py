@@ -103,13 +103,18 @@ def test_native_long_k(isa, rng, cell):
     g = run_backward(cell, grads, ws)
     with seqblocks.backend("numpy"):
         ref_g = run_backward(cell, grads, ref_ws)
-    f = tolerance(T, I, H)
+    check_outputs_and_grads(out, g, ref_out, ref_g, tolerance(T, I, H), T * B, cell)
+
+
+def check_outputs_and_grads(out, grads, ref_out, ref_grads, f, rows, what):
+    """Outputs within f of the reference; gradients (None where the reference has None) within f
+    scaled by sums over the rows = T B."""
     for a, e in zip(out, ref_out):
-        check_close(a, e, f, cell)
-    for a, e in zip(g, ref_g):
+        check_close(a, e, f, what)
+    for a, e in zip(grads, ref_grads):
         assert (a is None) == (e is None)
         if a is not None:
-            check_close(a, e, f * sum_factor(T * B), cell)
+            check_close(a, e, f * sum_factor(rows), what)
 
 
 @pytest.mark.parametrize("cell", CELLS)
@@ -130,12 +135,7 @@ def test_native_bias_off_no_states_large(isa, rng, cell):
         ref_g = run_backward(cell, tuple(np.ones_like(o) for o in ref_out), ref_ws)
     f = tolerance(T, I, H)
     for out, g in results:
-        for a, e in zip(out, ref_out):
-            check_close(a, e, f, cell)
-        for a, e in zip(g, ref_g):
-            assert (a is None) == (e is None)
-            if a is not None:
-                check_close(a, e, f * sum_factor(T * B), cell)
+        check_outputs_and_grads(out, g, ref_out, ref_g, f, T * B, cell)
     for a, b in zip(results[0][0], results[1][0]):
         check_close(a, b, f, "threads")
 
