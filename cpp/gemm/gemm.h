@@ -175,7 +175,10 @@ static void gemm_packed(const GemmView<T>& v, T* abuf, T* bbuf) {
   const bool b_direct =
       !b_pre && !v.trans_b && (v.m <= kGemmDirectBMaxPanels * MR ||
                      v.k * v.n * static_cast<int64_t>(sizeof(T)) <= kGemmDirectBMaxBytes);
-  const bool a_direct = v.n <= kGemmDirectAMaxPanels * NR;
+  // With B prepacked (a recurrent step: a few rows of A against weights in L2), A is read in
+  // place too: its micro-panel stays in L1 across the B panels, and packing it every step would
+  // copy A once per thread per step.
+  const bool a_direct = v.n <= kGemmDirectAMaxPanels * NR || (b_pre && !v.trans_a && v.m <= kGemmDirectBMaxPanels * MR);
 
   // Equal-sized blocks (whole micro-panels) rather than full blocks plus a thin remainder,
   // which would pack a whole B block for a few rows, or sweep L1 for a few columns.
