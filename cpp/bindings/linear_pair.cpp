@@ -5,10 +5,7 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
-#include <omp.h>
-
 #include <algorithm>
-#include <exception>
 #include <string>
 
 #include "bindings/common.h"
@@ -21,50 +18,6 @@
 
 namespace seqblocks {
 namespace {
-
-template <class T>
-void run_gemm(GemmProblem<T>& p) {
-  p.nthreads = num_threads();
-  if constexpr (std::is_same_v<T, float>) {
-    kernels().gemm_f32(p);
-  } else {
-    kernels().gemm_f64(p);
-  }
-}
-
-// The two products of the backward. They have the same multiply-adds (rows x in x out each), so
-// with exactly two threads each runs whole on its own thread (one core and its L2 per product:
-// no split of either over the two cores, no duplicated packing); otherwise one after the other,
-// each on all threads. Exceptions (a workspace allocation) are carried out of the region.
-template <class T>
-void run_pair(GemmProblem<T>* first, GemmProblem<T>* second) {
-  const int nt = num_threads();
-  const double work = first && second ? static_cast<double>(first->m) * first->n * first->k : 0.0;
-  if (nt != 2 || work < 4e6) {  // below ~4M multiply-adds each: the split costs more than it saves
-    if (first) run_gemm(*first);
-    if (second) run_gemm(*second);
-    return;
-  }
-  std::exception_ptr failed[2];
-#pragma omp parallel num_threads(2)
-  {
-    const int tid = omp_get_thread_num();
-    GemmProblem<T>* p = tid == 0 ? first : second;
-    try {
-      p->nthreads = 1;
-      if constexpr (std::is_same_v<T, float>) {
-        kernels().gemm_f32(*p);
-      } else {
-        kernels().gemm_f64(*p);
-      }
-    } catch (...) {
-      failed[tid] = std::current_exception();
-    }
-  }
-  for (const auto& e : failed) {
-    if (e) std::rethrow_exception(e);
-  }
-}
 
 template <class T>
 py::tuple linear_backward_impl(const py::array& dy_arr, const py::array& x_arr, const py::array& w_arr,
@@ -111,7 +64,12 @@ py::tuple linear_backward_impl(const py::array& dy_arr, const py::array& x_arr, 
     const bool dx_gemm = rows * in_f > 0 && out_f > 0, dw_gemm = out_f * in_f > 0 && rows > 0;
     if (rows * in_f > 0 && out_f == 0) std::fill(pdx, pdx + rows * in_f, T(0));
     if (out_f * in_f > 0 && rows == 0) std::fill(pdw, pdw + out_f * in_f, T(0));
-    run_pair(dx_gemm ? &pdx_p : nullptr, dw_gemm ? &pdw_p : nullptr);
+    // dx and dW have equal work: at two threads one each (gemm/gemm.h, gemm_pair)
+    if constexpr (std::is_same_v<T, float>) {
+      kernels().gemm_pair_f32(dx_gemm ? &pdx_p : nullptr, dw_gemm ? &pdw_p : nullptr, num_threads());
+    } else {
+      kernels().gemm_pair_f64(dx_gemm ? &pdx_p : nullptr, dw_gemm ? &pdw_p : nullptr, num_threads());
+    }
     if (pdb != nullptr) {
       const ElementwiseKernels& k = SEQBLOCKS_DISPATCH(elementwise_kernels);
       if constexpr (std::is_same_v<T, float>) {

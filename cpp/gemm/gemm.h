@@ -35,6 +35,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
+#include <exception>
 #include <numeric>
 
 #include "gemm/dot_gemm.h"
@@ -364,6 +365,42 @@ void gemm(const GemmProblem<T>& p) {
         }
       }
     }
+  }
+}
+
+// Two independent products of equal work (the input and weight gradients of a linear map:
+// rows x in x out multiply-adds each). With exactly two threads each runs whole on its own
+// thread -- one core and its L2 per product, no split of either, no duplicated packing;
+// otherwise one after the other on all threads. Either may be null. Exceptions (a workspace
+// allocation) are carried out of the region and rethrown on the calling thread.
+template <class Isa, class T>
+void gemm_pair(const GemmProblem<T>* first, const GemmProblem<T>* second, int nthreads) {
+  constexpr double kMinMacsEach = 4e6;  // below, the split costs more than it saves
+  const double work = first && second ? static_cast<double>(first->m) * first->n * first->k : 0.0;
+  if (nthreads != 2 || work < kMinMacsEach) {
+    for (const GemmProblem<T>* p : {first, second}) {
+      if (p) {
+        GemmProblem<T> q = *p;
+        q.nthreads = nthreads;
+        gemm<Isa, T>(q);
+      }
+    }
+    return;
+  }
+  std::exception_ptr failed[2];
+#pragma omp parallel num_threads(2)
+  {
+    const int tid = omp_get_thread_num();
+    try {
+      GemmProblem<T> q = tid == 0 ? *first : *second;
+      q.nthreads = 1;
+      gemm<Isa, T>(q);
+    } catch (...) {
+      failed[tid] = std::current_exception();
+    }
+  }
+  for (const auto& e : failed) {
+    if (e) std::rethrow_exception(e);
   }
 }
 

@@ -20,6 +20,8 @@ const KernelTable& SEQBLOCKS_CONCAT(kernel_table_, SEQBLOCKS_TARGET)() {
       SEQBLOCKS_STR(SEQBLOCKS_TARGET),
       &gemm<Isa, float>,
       &gemm<Isa, double>,
+      &gemm_pair<Isa, float>,
+      &gemm_pair<Isa, double>,
       &unary_apply<Isa, float>,
       &unary_apply<Isa, double>,
   };

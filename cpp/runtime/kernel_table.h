@@ -48,6 +48,10 @@ struct KernelTable {
   const char* isa;
   void (*gemm_f32)(const GemmProblem<float>&);
   void (*gemm_f64)(const GemmProblem<double>&);
+  // Two independent GEMMs of equal work, each whole on one thread when nthreads == 2, else one
+  // after the other (gemm/gemm.h, gemm_pair); either may be null.
+  void (*gemm_pair_f32)(const GemmProblem<float>*, const GemmProblem<float>*, int nthreads);
+  void (*gemm_pair_f64)(const GemmProblem<double>*, const GemmProblem<double>*, int nthreads);
   // y[i] = f(x[i]) for i < n; x and y may be the same pointer.
   void (*unary_f32)(UnaryOp op, const float* x, float* y, int64_t n, int nthreads);
   void (*unary_f64)(UnaryOp op, const double* x, double* y, int64_t n, int nthreads);
