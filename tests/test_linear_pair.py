@@ -146,3 +146,17 @@ def test_bad_input():
         ops.linear_backward(np.ones((2, 3), np.float32), ws)
     with pytest.raises(TypeError, match="grad_output: expected dtype float32.*got float64"):
         ops.linear_backward(np.ones((2, 4)), ws)
+
+
+def test_dx_has_the_input_shape_without_a_view(rng):
+    """dx of a 3-D x comes back in x's shape as its own array (not a reshaped view, which autograd
+    would copy before storing it as a gradient)."""
+    x = rng.standard_normal((4, 300, 64)).astype(np.float32)  # dx: 300 KiB, an output-cache block
+    w = rng.standard_normal((8, 64)).astype(np.float32)
+    _, ws = ops.linear_forward(x, w)
+    dx = ops.linear_backward(np.ones((4, 300, 8), np.float32), ws)[0]
+    assert dx.shape == x.shape and not isinstance(dx.base, np.ndarray)
+    np.testing.assert_allclose(dx, np.broadcast_to(w.sum(0), x.shape), rtol=1e-5)
+    with pytest.raises(ValueError, match=r"dx_shape: expected a shape \(\.\.\., 2\) of 8 elements"):
+        seqblocks._core.linear_backward(np.ones((4, 3), np.float32), np.ones((4, 2), np.float32),
+                                        np.ones((3, 2), np.float32), False, (3, 3))

@@ -4,9 +4,12 @@
 //   db (out,)      = column sums of dy                    deterministic (ops/elementwise.h)
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
 
 #include <algorithm>
+#include <optional>
 #include <string>
+#include <vector>
 
 #include "bindings/common.h"
 #include "bindings/ops_args.h"
@@ -21,7 +24,7 @@ namespace {
 
 template <class T>
 py::tuple linear_backward_impl(const py::array& dy_arr, const py::array& x_arr, const py::array& w_arr,
-                               bool has_bias) {
+                               bool has_bias, const std::optional<std::vector<py::ssize_t>>& dx_shape) {
   const int64_t rows = dy_arr.shape(0), out_f = dy_arr.shape(1);
   const int64_t in_f = w_arr.shape(1);
   if (w_arr.shape(0) != out_f) {
@@ -36,7 +39,19 @@ py::tuple linear_backward_impl(const py::array& dy_arr, const py::array& x_arr, 
   auto dy = c_input<T>(dy_arr);
   auto x = c_input<T>(x_arr);
   auto w = c_input<T>(w_arr);
-  auto dx = new_output<T>({static_cast<py::ssize_t>(rows), static_cast<py::ssize_t>(in_f)});
+  // dx in the caller's (..., in) shape when given (the same C-order memory as (rows, in)), so
+  // the result is not a reshaped view (autograd would copy a view before storing it as a grad).
+  std::vector<py::ssize_t> dx_dims{static_cast<py::ssize_t>(rows), static_cast<py::ssize_t>(in_f)};
+  if (dx_shape) {
+    int64_t n = 1;
+    for (py::ssize_t d : *dx_shape) n = d < 0 ? -1 : checked_mul(n, static_cast<int64_t>(d), "dx_shape");
+    if (dx_shape->empty() || dx_shape->back() != in_f || n != rows * in_f) {
+      throw std::invalid_argument("dx_shape: expected a shape (..., " + std::to_string(in_f) + ") of " +
+                                  std::to_string(rows * in_f) + " elements");
+    }
+    dx_dims = *dx_shape;
+  }
+  auto dx = new_output<T>(dx_dims);
   auto dw = new_output<T>({static_cast<py::ssize_t>(out_f), static_cast<py::ssize_t>(in_f)});
   py::object db = py::none();
   T* pdb = nullptr;
@@ -90,7 +105,8 @@ SEQBLOCKS_BINDINGS(linear_pair) {
   namespace py = pybind11;
   m.def(
       "linear_backward",
-      [](const py::array& dy, const py::array& x, const py::array& weight, bool has_bias) {
+      [](const py::array& dy, const py::array& x, const py::array& weight, bool has_bias,
+         const std::optional<std::vector<py::ssize_t>>& dx_shape) {
         for (auto [arr, name] : {std::pair{&dy, "grad_output"}, std::pair{&x, "x"}, std::pair{&weight, "weight"}}) {
           if (arr->ndim() != 2) {
             throw std::invalid_argument(std::string(name) + ": expected a 2-D array, got shape " + shape_str(*arr));
@@ -99,10 +115,11 @@ SEQBLOCKS_BINDINGS(linear_pair) {
         const DType t = float_dtype_of(dy, "grad_output");
         expect_dtype(x, t, "x", "grad_output");
         expect_dtype(weight, t, "weight", "grad_output");
-        return t == DType::f32 ? linear_backward_impl<float>(dy, x, weight, has_bias)
-                               : linear_backward_impl<double>(dy, x, weight, has_bias);
+        return t == DType::f32 ? linear_backward_impl<float>(dy, x, weight, has_bias, dx_shape)
+                               : linear_backward_impl<double>(dy, x, weight, has_bias, dx_shape);
       },
       py::arg("grad_output").noconvert(), py::arg("x").noconvert(), py::arg("weight").noconvert(),
-      py::arg("has_bias"),
-      "(dx, dweight, dbias or None) of y = x @ weight.T + bias for dy (rows, out), x (rows, in), weight (out, in)");
+      py::arg("has_bias"), py::arg("dx_shape") = py::none(),
+      "(dx, dweight, dbias or None) of y = x @ weight.T + bias for dy (rows, out), x (rows, in), weight (out, in);"
+      " dx in dx_shape (..., in) when given");
 }

@@ -54,5 +54,5 @@ def linear_act_backward(grad_output, workspace):
     dz = _core.activation_backward(name, c_order(dy), saved)
     rows = math.prod(x.shape[:-1])
     dx, dweight, dbias = _core.linear_backward(dz.reshape(rows, out_features), x.reshape(rows, in_features),
-                                               weight, has_bias)
-    return dx.reshape(x.shape), dweight, dbias
+                                               weight, has_bias, x.shape)
+    return dx, dweight, dbias

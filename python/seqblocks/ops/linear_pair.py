@@ -37,5 +37,5 @@ def linear_backward(grad_output, workspace):
         return reference.linear_backward(dy, workspace)
     rows = math.prod(x.shape[:-1])
     dx, dweight, dbias = _core.linear_backward(c_order(dy).reshape(rows, out_features),
-                                               x.reshape(rows, in_features), weight, has_bias)
-    return dx.reshape(x.shape), dweight, dbias
+                                               x.reshape(rows, in_features), weight, has_bias, x.shape)
+    return dx, dweight, dbias
