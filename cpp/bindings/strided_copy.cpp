@@ -68,7 +68,9 @@ void strided_copy(py::array& dst, const py::array& src) {
   if (rows == 0 || row_bytes == 0) return;
   const auto [d_lo, d_hi] = byte_range(d, row_bytes);
   const auto [s_lo, s_hi] = byte_range(s, row_bytes);
-  if (d_lo < s_hi && s_lo < d_hi) throw std::invalid_argument("dst: expected memory apart from src's, got overlapping arrays");
+  if (d_lo < s_hi && s_lo < d_hi) {
+    throw std::invalid_argument("dst: expected memory apart from src's, got overlapping arrays");
+  }
   py::gil_scoped_release release;
   const int nt = threads_for(rows * d.shape[3], num_threads());
 #pragma omp parallel num_threads(nt) if (nt > 1)

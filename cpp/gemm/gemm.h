@@ -24,7 +24,8 @@
 // Threads: one parallel region per call, never one per matrix or per block. The batch x (a tm x tn
 // grid of each matrix, in whole micro-panels) is cut into at least one unit per thread, which
 // the threads claim from a shared counter: many small matrices go whole to threads (several per
-// claim), a single large one is split over M/N panels, one rectangle per thread. K is never split and every C element is
+// claim), a single large one is split over M/N panels, one rectangle per thread (two on the dot
+// path). K is never split and every C element is
 // computed by the same sequence of operations whichever thread owns it, so results are
 // bit-identical for any thread count. Each thread packs into its own slice of a workspace
 // obtained (and, if need be, allocated) before the region, so nothing inside it can throw.
@@ -64,8 +65,8 @@ struct GemmView {
   T alpha, beta;
   const T* bias;
   // The same B packed by PrepackedB, or null. When set, gemm_packed reads it instead of b, ldb
-  // and trans_b (which must still describe B: sub() falls back to them for column ranges that
-  // do not start at 0).
+  // and trans_b (which must still describe B: sub() falls back to them for any column range
+  // but the whole width).
   const T* b_packed = nullptr;
   const GemmPost<T>* post = nullptr;  // GemmProblem::post
 
@@ -80,7 +81,7 @@ struct GemmView {
     }
     v.c = c + i0 * ldc + j0;
     v.bias = bias ? bias + j0 : nullptr;
-    if (j0 != 0) v.b_packed = nullptr;
+    if (j0 != 0 || j1 != n) v.b_packed = nullptr;  // its panel offsets assume all n columns
     return v;
   }
 };
@@ -179,7 +180,8 @@ static void gemm_packed(const GemmView<T>& v, T* abuf, T* bbuf) {
   // With B prepacked (a recurrent step: a few rows of A against weights in L2), A is read in
   // place too: its micro-panel stays in L1 across the B panels, and packing it every step would
   // copy A once per thread per step.
-  const bool a_direct = v.n <= kGemmDirectAMaxPanels * NR || (b_pre && !v.trans_a && v.m <= kGemmDirectBMaxPanels * MR);
+  const bool a_direct =
+      v.n <= kGemmDirectAMaxPanels * NR || (b_pre && !v.trans_a && v.m <= kGemmDirectBMaxPanels * MR);
 
   // Equal-sized blocks (whole micro-panels) rather than full blocks plus a thin remainder,
   // which would pack a whole B block for a few rows, or sweep L1 for a few columns.

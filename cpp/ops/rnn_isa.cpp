@@ -169,7 +169,8 @@ struct StepWeights {
   T* base = nullptr;
   StepWeights(int64_t rows, int64_t k, int64_t max_n, int nt, Scratch<T>& scratch) {
     if (rows < kMinRows) return;
-    per_thread = static_cast<int64_t>(GemmWorkspace<T>::round_up(static_cast<size_t>(PrepackedB<Isa, T>::elems(k, max_n))));
+    const size_t elems = static_cast<size_t>(PrepackedB<Isa, T>::elems(k, max_n));
+    per_thread = static_cast<int64_t>(GemmWorkspace<T>::round_up(elems));
     offset = scratch.reserve(per_thread * nt);
   }
   void bind(const Scratch<T>& scratch) {
@@ -291,8 +292,8 @@ inline void for_lanes(int64_t nj, Body&& body) {
 }
 
 template <class Isa, class T>
-void lstm_gates_row(const T* xa, int64_t xs, const T* ha, int64_t H, int64_t nj, int64_t j0, const T* hcur, T* hnext, T* c,
-                    T* y, T* ws_g, T* ws_hprev, T* ws_cprev, T* ws_tc, bool active) {
+void lstm_gates_row(const T* xa, int64_t xs, const T* ha, int64_t H, int64_t nj, int64_t j0, const T* hcur,
+                    T* hnext, T* c, T* y, T* ws_g, T* ws_hprev, T* ws_cprev, T* ws_tc, bool active) {
   using V = Vec<Isa, T>;
   for_lanes<Isa, T>(nj, [&](auto L, int64_t jj) {
     const int64_t j = j0 + jj;
@@ -326,8 +327,8 @@ void lstm_gates_row(const T* xa, int64_t xs, const T* ha, int64_t H, int64_t nj,
 }
 
 template <class Isa, class T>
-void gru_gates_row(const T* xa, int64_t xs, const T* ha, int64_t H, int64_t nj, int64_t j0, const T* hcur, T* hnext, T* y,
-                   T* ws_g, T* ws_hprev, bool active) {
+void gru_gates_row(const T* xa, int64_t xs, const T* ha, int64_t H, int64_t nj, int64_t j0, const T* hcur,
+                   T* hnext, T* y, T* ws_g, T* ws_hprev, bool active) {
   using V = Vec<Isa, T>;
   for_lanes<Isa, T>(nj, [&](auto L, int64_t jj) {
     const int64_t j = j0 + jj;
