@@ -111,15 +111,11 @@ void gemm_full(int64_t m, int64_t n, int64_t k, const T* a, int64_t lda, bool ta
   gemm<Isa, T>(p);
 }
 
-// A 64-byte aligned pointer into a buffer that has 64 spare elements.
-template <class T>
-T* aligned64(T* base) {
-  const uintptr_t a = reinterpret_cast<uintptr_t>(base);
-  return reinterpret_cast<T*>((a + 63) & ~uintptr_t(63));
-}
+// A 64-byte aligned pointer into `buf` (which has 64 spare elements).
 template <class T>
 T* aligned64(std::vector<T>& buf) {
-  return aligned64(buf.data());
+  const uintptr_t a = reinterpret_cast<uintptr_t>(buf.data());
+  return reinterpret_cast<T*>((a + 63) & ~uintptr_t(63));
 }
 
 // A buffer left uninitialised (every element is written before it is read): a value-initialised
