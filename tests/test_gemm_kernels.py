@@ -171,7 +171,9 @@ def test_empty_outputs(isa, dt):
 
 @pytest.mark.parametrize("dt", DTYPES)
 @pytest.mark.parametrize("m,n,k,trans_b", [(300, 257, 129, False), (1, 2048, 512, True),
-                                           (64, 2048, 512, True), (129, 65, 800, True)])
+                                           (64, 2048, 512, True), (129, 65, 800, True),
+                                           # more than one MC, NC and KC block on one thread
+                                           (2030, 650, 400, True)])
 def test_bit_identical_across_thread_counts(isa, dt, m, n, k, trans_b):
     rng = np.random.default_rng(7)
     a = _rand(rng, (m, k), dt)
