@@ -84,8 +84,14 @@ inline typename Vec<Isa, T>::reg gelu_tanh(typename Vec<Isa, T>::reg x) {
 //   for a > 13.2 while the result is still normal, and a e^(-a^2/2) >= 2 |result|.
 // |x| is clamped to 13.25, past which x Phi(x) is x or below FLT_MIN; NaN propagates, and
 // max(-0, x) keeps the sign of zero (-0 for x = -0 and x < -13.25 after FTZ, +0 for x = +0).
-// Cost: about 33 vector operations, 8 of them permutes; no division.
-// Max error measured: 2.83 ulp at x = -5.2251 (every 17th float32 in +-[1e-4, 13.5], AVX-512).
+// Cost: 32 vector operations, 7 of them permutes, no division: ~19 cycles per 16 floats with
+// four registers interleaved (unary.h), vs ~36 for the previous rcp-based version; torch's
+// A&S-type erf (off by 10^3 - 10^7 ulps for x < -3) is still ~5% faster at one thread.
+// AVX2 has no two-register permute (lookup32 is 7 instructions there): 2.1 ns per float vs
+// 1.35 for the rcp-based version; scalar 49 vs 66 ns.
+// Max error measured: 3.14 ulp at x = -4.3430 (exhaustive over all 2^32 float32 inputs,
+// benchmarks/math_exhaustive.py, the same maximum at the same x on AVX-512, AVX2 and scalar);
+// the previous rcp-based version: 3.86 ulp (AVX-512).
 template <class Isa>
 inline typename Vec<Isa, float>::reg gelu_erf(typename Vec<Isa, float>::reg x) {
   using V = Vec<Isa, float>;
