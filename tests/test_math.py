@@ -106,8 +106,10 @@ def _f32_sweep() -> np.ndarray:
         np.geomspace(1e-30, 1, 20_000).astype(np.float32),
     ]
     # Around the thresholds: exp overflow (88.72) and underflow (-87.34 normal, -103.97 zero),
-    # GELU's clamp (13.25) and change of formula (0.5), tanh/sigmoid saturation.
-    for c in (88.72283, -87.33654, -103.97208, 13.25, -13.25, 0.5, -0.5, 9.01, -9.01, 16.64, -16.64):
+    # GELU's clamp (13.25) and the edges of its first table intervals (k = round(2.375 |x|):
+    # 0.2105 and 0.6316), tanh/sigmoid saturation.
+    for c in (88.72283, -87.33654, -103.97208, 13.25, -13.25, 0.2105263, -0.2105263, 0.6315789,
+              -0.6315789, 9.01, -9.01, 16.64, -16.64):
         c32 = np.float32(c)
         steps = np.arange(-2000, 2001)
         dense.append((c32.view(np.int32) + steps).astype(np.int32).view(np.float32))

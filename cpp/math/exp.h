@@ -121,24 +121,28 @@ inline typename Vec<Isa, T>::reg exp(typename Vec<Isa, T>::reg x) {
   return exp_hilo<Isa, T>(x, Vec<Isa, T>::zero());
 }
 
-// x e^-(h + l) for 0 <= h <= 100 (no clamp needed: no overflow, and the result stays above the
-// float underflow limit of the reduction) or NaN, l a small correction as in exp_hilo.
-// With m = -round(h / ln2): e^-(h + l) = e^-r 2^m, r = h + l + m ln2, and the factor x enters
-// the polynomial's last step, x e^-r = x + (x r) S(r), S = (e^-r - 1) / r: one rounding fewer
-// than x * e^-(h + l).
+// g e^-(s + l)/2 for 0 <= s <= 200 (no clamp needed: no overflow, and 2^m stays normal) or
+// NaN, with l a small correction as in exp_hilo; made for s + l = a^2 exactly (FMA residual),
+// so that a^2/2 is never rounded. The 1/2 is folded into the constants (exact power-of-two
+// scalings): with m = -round(s log2(e) / 2), e^-(s + l)/2 = e^-u 2^m, u = (s + l)/2 + m ln2,
+// |u| <= ln2/2, computed as w = 2u = s + m (2 ln2_hi) + m (2 ln2_lo) + l (m 2 ln2_hi exact), and
+// the factor g enters the polynomial's last step: g e^-u = g + (g w) S(w),
+// S(w) = (e^(-w/2) - 1) / w = sum_i c[i+1] (-1/2)^(i+1) w^i with c the e^r coefficients,
+// one rounding fewer than g * e^-u.
 template <class Isa, class T>
-inline typename Vec<Isa, T>::reg mul_exp_neg_hilo(typename Vec<Isa, T>::reg x, typename Vec<Isa, T>::reg h,
-                                                  typename Vec<Isa, T>::reg l) {
+inline typename Vec<Isa, T>::reg mul_exp_neg_half_hilo(typename Vec<Isa, T>::reg g, typename Vec<Isa, T>::reg s,
+                                                       typename Vec<Isa, T>::reg l) {
   using V = Vec<Isa, T>;
   using C = ExpConstants<T>;
   const typename V::reg shifter = V::set1(C::shifter);
-  const typename V::reg m = V::sub(shifter, V::fmadd(h, V::set1(C::log2e), shifter));
-  typename V::reg r = V::fmadd(m, V::set1(C::ln2_hi), h);
-  r = V::add(V::fmadd(m, V::set1(C::ln2_lo), r), l);
+  const typename V::reg m = V::sub(shifter, V::fmadd(s, V::set1(C::log2e * T(0.5)), shifter));
+  typename V::reg w = V::fmadd(m, V::set1(C::ln2_hi * T(2)), s);
+  w = V::add(V::fmadd(m, V::set1(C::ln2_lo * T(2)), w), l);
   constexpr int np = static_cast<int>(sizeof(C::poly) / sizeof(C::poly[0]));
-  T alt[np - 1];  // S(r) = sum (-1)^(i+1) c[i+1] r^i
-  for (int i = 0; i < np - 1; ++i) alt[i] = (i % 2) ? C::poly[i + 1] : -C::poly[i + 1];
-  return V::ldexp(V::fmadd(V::mul(x, r), horner<Isa, T>(r, alt), x), m);
+  T coef[np - 1];
+  T scale = T(-0.5);
+  for (int i = 0; i < np - 1; ++i, scale *= T(-0.5)) coef[i] = C::poly[i + 1] * scale;
+  return V::ldexp(V::fmadd(V::mul(g, w), horner<Isa, T>(w, coef), g), m);
 }
 
 // e^x - 1 for x <= 0 (the only range tanh needs), NaN propagating; x below the clamp gives -1.

@@ -6,6 +6,7 @@
 #include <type_traits>
 
 #include "math/exp.h"
+#include "math/gelu_erf_table.h"
 
 namespace seqblocks {
 namespace math {
@@ -62,57 +63,51 @@ inline typename Vec<Isa, T>::reg gelu_tanh(typename Vec<Isa, T>::reg x) {
 }
 
 // GELU, erf form, float: x Phi(x), Phi the standard normal CDF.
-// |x| < 1/2:  x Phi(x) = x/2 + (x^2/2) S(x^2/2), S(u) = erf(x/sqrt2)/x as a cubic in u = x^2/2
-//   (fitted; its error is damped by |x| relative to the result, and the cancellation for x < 0
-//   is at most 0.5 / Phi(-1/2) = 1.6x).
-// |x| >= 1/2:  Q(a) = Phi(-a) = e^(-a^2/2) R(a) for a = |x|, R(a) = t P(t), t = 1 / (1 + a/2),
-//   P of degree 10 fitted for relative error on a in [0.5, 13.25] (Lawson weighted minimax in
-//   float64, coefficients rounded to float one at a time with refits: 0.04 ulp fit error).
-//   x < 0: x Q(|x|);  x > 0: x - x Q(x), with Q < 0.31 (no cancellation).
-// Precision matters in four places (each found by measurement; without any one of them the
-// 4-ulp bound is exceeded):
-// - x^2/2 is computed exactly as h + l by FMA and l enters the exp reduction: the rounding of
-//   x^2/2 alone would cost about x^2/2 ulps in the tail;
-// - t is used as t + t_lo (its rounding error recovered by FMA residuals) in the factor t of R:
-//   R is about 1.5x as sensitive to t as t is to rounding;
-// - x is folded into the last step of the exp polynomial (mul_exp_neg_hilo), one rounding
-//   fewer than x * e^(-x^2/2) (measured max 4.3 -> 2.9 ulp on a dense grid of the tail);
-// - the product is formed as ((x e^(-x^2/2)) P) t: no intermediate leaves the normal range
-//   while the result is still normal.
-// Cost: about twice torch's A&S-type erf (which is off by 10^3 - 10^7 ulps for x < -3).
-// |x| is clamped to 13.25, past which x Phi(x) is x or below FLT_MIN; NaN propagates.
-// Max error measured: 3.86 ulp at x = -2.2053 (exhaustive over all 2^32 float32 inputs,
-// AVX-512, benchmarks/math_exhaustive.py); the previous version without the x folding: 4.32.
+// With a = |x| and Q(a) = Phi(-a):  x < 0: x Phi(x) = -a Q(a);  x >= 0: x - a Q(a), Q <= 1/2
+// (no cancellation: the error of a Q(a) enters the result at most 1x). One formula for all x:
+//   a Q(a) = (a e^(-a^2/2)) R(a),  R(a) = Q(a) e^(a^2/2) = erfcx(a/sqrt2)/2,
+// R smooth and positive (R(0) = 1/2, R ~ 1/(a sqrt(2 pi))): 32 polynomials of degree 5, one per
+// interval k = round(2.375 a) (width 0.42; 2.375 a <= 31.5 on [0, 13.25]), in r = a - c_k, their
+// coefficients picked per lane by lookup32 (one permute each on AVX-512). Fitted for relative
+// error with float coefficients by tools/fit_gelu_erf.py (tables: gelu_erf_table.h): 3.4e-8 =
+// 0.57 x 2^-24 at worst, on a in [0.21, 0.63]; elsewhere below 1.8e-8. The centres c_k are points
+// near k/2.375 where R is within 0.002 ulp of a float, so the constant coefficient (the whole
+// error at r = 0, which no other coefficient can correct) is nearly exact; r is exact.
+// No reciprocal, no separate branch for small |x|, no data-dependent branch.
+// Precision matters in three places:
+// - a^2 is computed exactly as s + l by FMA and l enters the exp reduction (the 1/2 folded into
+//   its constants, mul_exp_neg_half_hilo): the rounding of a^2/2 alone would cost about a^2/2
+//   ulps in the tail;
+// - a is folded into the last step of the exp polynomial, one rounding fewer than a * e^(-a^2/2),
+//   and the last step, x - (a e^(-a^2/2)) R or -0 - (...) R, is one fused multiply-add;
+// - a e^(-a^2/2) is formed as 2^m (a e^-u), never as e^(-a^2/2) first: e^(-a^2/2) is subnormal
+//   for a > 13.2 while the result is still normal, and a e^(-a^2/2) >= 2 |result|.
+// |x| is clamped to 13.25, past which x Phi(x) is x or below FLT_MIN; NaN propagates, and
+// max(-0, x) keeps the sign of zero (-0 for x = -0 and x < -13.25 after FTZ, +0 for x = +0).
+// Cost: 32 vector operations, 7 of them permutes, no division: ~19 cycles per 16 floats with
+// four registers interleaved (unary.h), vs ~36 for the previous rcp-based version; torch's
+// A&S-type erf (off by 10^3 - 10^7 ulps for x < -3) is still ~5% faster at one thread.
+// AVX2 has no two-register permute (lookup32 is 7 instructions there): 2.1 ns per float vs
+// 1.35 for the rcp-based version; scalar 49 vs 66 ns.
+// Max error measured: 3.14 ulp at x = -4.3430 (exhaustive over all 2^32 float32 inputs,
+// benchmarks/math_exhaustive.py, the same maximum at the same x on AVX-512, AVX2 and scalar);
+// the previous rcp-based version: 3.86 ulp (AVX-512).
 template <class Isa>
 inline typename Vec<Isa, float>::reg gelu_erf(typename Vec<Isa, float>::reg x) {
   using V = Vec<Isa, float>;
   using reg = typename V::reg;
-  static constexpr float p[] = {0.19947264f,  0.19942847f,  0.1500748f,  0.047648337f,
-                                -0.06297449f, -0.050352782f, -0.37211913f, 1.0545448f,
-                                -1.1209424f,  0.57519203f,  -0.12000148f};
-  static constexpr float s[] = {0.7978845f, -0.26595518f, 0.07961745f, -0.017550027f};
-  const reg one = V::set1(1.0f);
-  const reg half = V::set1(0.5f);
-  // min/max return their second operand when either is NaN: NaN passes through the clamp.
-  const reg xc = V::max(V::set1(-13.25f), V::min(V::set1(13.25f), x));
-  const reg a = V::abs(xc);
-  // x^2/2 = h + l exactly
-  const reg xh = V::mul(xc, half);
-  const reg h = V::mul(xh, xc);
-  const reg l = V::fmsub(xh, xc, h);
-  // |x| < 1/2: x/2 + h S(h), which has the sign of x (copysign restores it for x = -0)
-  const reg y_small = V::copysign(V::fmadd(h, horner<Isa, float>(h, s), xh), xc);
-  // |x| >= 1/2
-  // t + t_lo = 1 / (1 + a/2) to about 2^-40: d + d_lo = 1 + a/2 exactly, t ~ 1/d, and
-  // 1/(d + d_lo) = t (1 + (1 - d t) - d_lo t) to first order.
-  const reg d = V::fmadd(a, half, one);
-  const reg t = rcp_nr<Isa, float>(d);
-  const reg d_lo = V::fmadd(a, half, V::sub(one, d));
-  const reg t_lo = V::mul(t, V::fnmadd(d_lo, t, V::fnmadd(d, t, one)));
-  const reg xq = V::mul(mul_exp_neg_hilo<Isa, float>(xc, h, l), horner<Isa, float>(t, p));
-  const reg w = V::fmadd(xq, t, V::mul(xq, t_lo));  // x Q(|x|), one rounding for the factor t
-  const reg y_tail = V::select(V::le(x, V::zero()), w, V::sub(x, w));
-  return V::select(V::lt(a, half), y_small, y_tail);
+  const reg a = V::abs_min(x, V::set1(13.25f));  // NaN stays NaN
+  // a^2 = s + l exactly
+  const reg s = V::mul(a, a);
+  const reg l = V::fmsub(a, a, s);
+  // The shifter 1.5 * 2^23 rounds kGeluErfScale a to the integer k in its low mantissa bits.
+  const reg k_index = V::fmadd(a, V::set1(kGeluErfScale), V::set1(12582912.0f));
+  const reg r = V::sub(a, V::lookup32(kGeluErfCentre, k_index));
+  constexpr int degree = static_cast<int>(sizeof(kGeluErfR) / sizeof(kGeluErfR[0])) - 1;
+  reg ratio = V::lookup32(kGeluErfR[degree], k_index);
+  for (int j = degree - 1; j >= 0; --j) ratio = V::fmadd(ratio, r, V::lookup32(kGeluErfR[j], k_index));
+  const reg a_gauss = mul_exp_neg_half_hilo<Isa, float>(a, s, l);  // a e^(-a^2/2)
+  return V::fnmadd(a_gauss, ratio, V::max(V::set1(-0.0f), x));
 }
 
 // GELU, erf form, double, one element with libm (a vector path would need a much longer fit;

@@ -1,7 +1,7 @@
 // Element-wise math driver: y[i] = f(x[i]) for the functions of cpp/math/{exp,tanh_sigmoid,gelu}.h.
 //
 // The op is switched on once; each function runs a full-width loop (two registers per iteration,
-// so the two dependency chains overlap) and one masked tail (load_tail/store_tail never touch
+// so the two dependency chains overlap; gelu_erf: four, interleaved) and one masked tail (load_tail/store_tail never touch
 // memory past n). x == y is allowed: every element is read before its own slot is written and
 // no slot is read after another is written. Large arrays are split into contiguous chunks, one
 // per thread, in one OpenMP region; each thread flushes denormals (FTZ/DAZ) for itself.
@@ -18,10 +18,19 @@
 #include "math/tanh_sigmoid.h"
 #include "runtime/denormals.h"
 #include "runtime/kernel_table.h"
+#include "simd/interleaved.h"
 #include "simd/vec.h"
 
 #ifdef _OPENMP
 #include <omp.h>
+#endif
+
+// Inline every call in the function body, however large (the interleaved kernels must be
+// inlined to keep their register packs in registers).
+#if defined(__GNUC__)
+#define SEQBLOCKS_FLATTEN __attribute__((flatten))
+#else
+#define SEQBLOCKS_FLATTEN
 #endif
 
 namespace seqblocks {
@@ -45,6 +54,29 @@ inline void unary_range(F f, const T* x, T* y, int64_t n) {
     const typename V::reg b = f(V::load(x + i + w));
     V::store(y + i, a);
     V::store(y + i + w, b);
+  }
+  for (; i + w <= n; i += w) V::store(y + i, f(V::load(x + i)));
+  if (i < n) {
+    const int rem = static_cast<int>(n - i);
+    V::store_tail(y + i, f(V::load_tail(x + i, rem)), rem);
+  }
+}
+
+// As unary_range, with the main loop handing Block registers at a time to f_block, the same
+// function instantiated on Vec<Interleaved<Isa, Block>, T> (its Block dependency chains
+// interleaved instruction by instruction); the rest goes through f one register at a time.
+// Both compute each lane with the same operations, so results do not depend on the position.
+template <class Isa, class T, int Block, class FBlock, class F>
+SEQBLOCKS_FLATTEN inline void unary_range_interleaved(FBlock f_block, F f, const T* x, T* y, int64_t n) {
+  using V = Vec<Isa, T>;
+  using VB = Vec<Interleaved<Isa, Block>, T>;
+  constexpr int64_t w = V::width;
+  int64_t i = 0;
+  for (; i + Block * w <= n; i += Block * w) {
+    typename VB::reg v;
+    for (int j = 0; j < Block; ++j) v.v[j] = V::load(x + i + j * w);
+    v = f_block(v);
+    for (int j = 0; j < Block; ++j) V::store(y + i + j * w, v.v[j]);
   }
   for (; i + w <= n; i += w) V::store(y + i, f(V::load(x + i)));
   if (i < n) {
@@ -86,6 +118,14 @@ inline void unary_parallel(F f, const T* x, T* y, int64_t n, int nthreads, int64
                   [&](int64_t i0, int64_t i1) { unary_range<Isa, T>(f, x + i0, y + i0, i1 - i0); });
 }
 
+template <class Isa, class T, int Block, class FBlock, class F>
+inline void unary_parallel_interleaved(FBlock f_block, F f, const T* x, T* y, int64_t n, int nthreads,
+                                       int64_t min_per_thread) {
+  parallel_chunks(n, nthreads, min_per_thread, [&](int64_t i0, int64_t i1) {
+    unary_range_interleaved<Isa, T, Block>(f_block, f, x + i0, y + i0, i1 - i0);
+  });
+}
+
 // GELU (erf form) in double: libm per element (see gelu_erf_f64), ~25 ns per element, so
 // threads pay off much sooner.
 static inline void gelu_erf_f64_parallel(const double* x, double* y, int64_t n, int nthreads) {
@@ -95,6 +135,9 @@ static inline void gelu_erf_f64_parallel(const double* x, double* y, int64_t n, 
 }
 
 }  // namespace math
+
+// Registers per interleaved block of gelu_erf (see unary_range_interleaved).
+static constexpr int kGeluBlock = 4;
 
 template <class Isa, class T>
 void unary_apply(UnaryOp op, const T* x, T* y, int64_t n, int nthreads) {
@@ -115,8 +158,12 @@ void unary_apply(UnaryOp op, const T* x, T* y, int64_t n, int nthreads) {
       break;
     case UnaryOp::gelu_erf:
       if constexpr (std::is_same_v<T, float>) {
-        math::unary_parallel<Isa, T>([](reg v) { return math::gelu_erf<Isa>(v); }, x, y, n, nthreads,
-                                   math::kUnaryMinPerThreadCostly);
+        // Four registers interleaved: 6.9 -> 6.2 ns per 16 floats (AVX-512, 2^15 floats in L2;
+        // two registers: 6.4).
+        using Block = Interleaved<Isa, kGeluBlock>;
+        math::unary_parallel_interleaved<Isa, T, kGeluBlock>(
+            [](typename Vec<Block, T>::reg v) { return math::gelu_erf<Block>(v); },
+            [](reg v) { return math::gelu_erf<Isa>(v); }, x, y, n, nthreads, math::kUnaryMinPerThreadCostly);
       } else {
         math::gelu_erf_f64_parallel(x, y, n, nthreads);
       }

@@ -41,6 +41,7 @@ struct Vec<Avx2, float> {
   static reg fnmadd(reg a, reg b, reg c) { return _mm256_fnmadd_ps(a, b, c); }
   static reg fmsub(reg a, reg b, reg c) { return _mm256_fmsub_ps(a, b, c); }
   static reg abs(reg a) { return _mm256_andnot_ps(_mm256_set1_ps(-0.0f), a); }
+  static reg abs_min(reg a, reg b) { return min(b, abs(a)); }
   static reg neg(reg a) { return _mm256_xor_ps(_mm256_set1_ps(-0.0f), a); }
   static reg sqrt(reg a) { return _mm256_sqrt_ps(a); }
   static mask lt(reg a, reg b) { return _mm256_cmp_ps(a, b, _CMP_LT_OQ); }
@@ -72,6 +73,18 @@ struct Vec<Avx2, float> {
     s = _mm_add_ss(s, _mm_movehdup_ps(s));
     return _mm_cvtss_f32(s);
   }
+  // permutevar8x32 reads the low 3 bits of each index lane; bits 3 and 4, shifted into the
+  // sign bit, pick among the four 8-entry quarters (blendv tests the sign bit only).
+  static reg lookup32(const float (&table)[32], reg idx) {
+    const __m256i j = _mm256_castps_si256(idx);
+    const reg q0 = _mm256_permutevar8x32_ps(_mm256_loadu_ps(table), j);
+    const reg q1 = _mm256_permutevar8x32_ps(_mm256_loadu_ps(table + 8), j);
+    const reg q2 = _mm256_permutevar8x32_ps(_mm256_loadu_ps(table + 16), j);
+    const reg q3 = _mm256_permutevar8x32_ps(_mm256_loadu_ps(table + 24), j);
+    const reg bit3 = _mm256_castsi256_ps(_mm256_slli_epi32(j, 28));
+    const reg bit4 = _mm256_castsi256_ps(_mm256_slli_epi32(j, 27));
+    return _mm256_blendv_ps(_mm256_blendv_ps(q0, q1, bit3), _mm256_blendv_ps(q2, q3, bit3), bit4);
+  }
 };
 
 template <>
@@ -96,6 +109,7 @@ struct Vec<Avx2, double> {
   static reg fnmadd(reg a, reg b, reg c) { return _mm256_fnmadd_pd(a, b, c); }
   static reg fmsub(reg a, reg b, reg c) { return _mm256_fmsub_pd(a, b, c); }
   static reg abs(reg a) { return _mm256_andnot_pd(_mm256_set1_pd(-0.0), a); }
+  static reg abs_min(reg a, reg b) { return min(b, abs(a)); }
   static reg neg(reg a) { return _mm256_xor_pd(_mm256_set1_pd(-0.0), a); }
   static reg sqrt(reg a) { return _mm256_sqrt_pd(a); }
   static mask lt(reg a, reg b) { return _mm256_cmp_pd(a, b, _CMP_LT_OQ); }

@@ -31,6 +31,8 @@ struct Vec<Avx512, float> {
   static reg fnmadd(reg a, reg b, reg c) { return _mm512_fnmadd_ps(a, b, c); }
   static reg fmsub(reg a, reg b, reg c) { return _mm512_fmsub_ps(a, b, c); }
   static reg abs(reg a) { return _mm512_abs_ps(a); }
+  // range imm 0b1010: the operand of smaller magnitude, sign cleared; a NaN operand gives NaN.
+  static reg abs_min(reg a, reg b) { return _mm512_range_ps(a, b, 0x0A); }
   static reg neg(reg a) { return _mm512_castsi512_ps(_mm512_xor_si512(_mm512_castps_si512(a), _mm512_set1_epi32(INT32_MIN))); }
   static reg sqrt(reg a) { return _mm512_sqrt_ps(a); }
   static mask lt(reg a, reg b) { return _mm512_cmp_ps_mask(a, b, _CMP_LT_OQ); }
@@ -58,6 +60,10 @@ struct Vec<Avx512, float> {
   static constexpr int rcp_approx_bits = 14;  // |error| < 2^-14
   static reg rcp_approx(reg a) { return _mm512_rcp14_ps(a); }
   static float hsum(reg a) { return _mm512_reduce_add_ps(a); }
+  // permutex2var reads the low 5 bits of each index lane: bit 4 picks the register.
+  static reg lookup32(const float (&table)[32], reg idx) {
+    return _mm512_permutex2var_ps(_mm512_loadu_ps(table), _mm512_castps_si512(idx), _mm512_loadu_ps(table + 16));
+  }
 };
 
 template <>
@@ -83,6 +89,7 @@ struct Vec<Avx512, double> {
   static reg fnmadd(reg a, reg b, reg c) { return _mm512_fnmadd_pd(a, b, c); }
   static reg fmsub(reg a, reg b, reg c) { return _mm512_fmsub_pd(a, b, c); }
   static reg abs(reg a) { return _mm512_abs_pd(a); }
+  static reg abs_min(reg a, reg b) { return _mm512_range_pd(a, b, 0x0A); }
   static reg neg(reg a) { return _mm512_castsi512_pd(_mm512_xor_si512(_mm512_castpd_si512(a), _mm512_set1_epi64(INT64_MIN))); }
   static reg sqrt(reg a) { return _mm512_sqrt_pd(a); }
   static mask lt(reg a, reg b) { return _mm512_cmp_pd_mask(a, b, _CMP_LT_OQ); }

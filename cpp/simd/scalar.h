@@ -32,6 +32,7 @@ struct ScalarVecBase {
   static reg fnmadd(reg a, reg b, reg c) { return std::fma(-a, b, c); }
   static reg fmsub(reg a, reg b, reg c) { return std::fma(a, b, -c); }
   static reg abs(reg a) { return std::fabs(a); }
+  static reg abs_min(reg a, reg b) { return min(b, abs(a)); }
   static reg neg(reg a) { return -a; }
   static reg sqrt(reg a) { return std::sqrt(a); }
   static mask lt(reg a, reg b) { return a < b; }
@@ -61,6 +62,11 @@ static inline typename V::reg ldexp_by_halves(typename V::reg a, typename V::reg
 
 template <>
 struct Vec<Scalar, float> : ScalarVecBase<float> {
+  static reg lookup32(const float (&table)[32], reg idx) {
+    uint32_t bits;
+    std::memcpy(&bits, &idx, sizeof bits);
+    return table[bits & 31u];
+  }
   // NaN n is caught before pow2i (whose conversion to an integer would be undefined).
   static reg ldexp(reg a, reg n) { return n != n ? a + n : ldexp_by_halves<Vec>(a, n); }
   static reg pow2i(reg n) {

@@ -15,10 +15,12 @@
 //   load_tail(p, n)             first n < width lanes, the rest zero (never reads past p + n)
 //   store_tail(p, v, n)         first n < width lanes (never writes past p + n)
 //   add sub mul div min max     lane-wise; min/max return the second operand if either is NaN
+//                               or both are zero (so max(-0, x) is x for x = +-0, -0 for x < 0)
 //   fmadd(a, b, c) = a*b + c    fused, one rounding
 //   fnmadd(a, b, c) = c - a*b   fused, one rounding
 //   fmsub(a, b, c) = a*b - c    fused, one rounding (a*b - round(a*b) is exact)
 //   abs(a), neg(a), sqrt(a)
+//   abs_min(a, b)               min(|a|, b) for b >= 0; NaN a gives NaN (AVX-512: one vrangeps)
 //   lt le gt ge eq (a, b) -> mask; isnan(a) -> mask; select(m, a, b) = m ? a : b
 //   mask_or, mask_and, mask_not
 //   round_nearest(a)            round half to even, as T
@@ -32,6 +34,12 @@
 //                               scalar: exact division, 64); refine with Newton steps
 //                               (cpp/math/exp.h: rcp_nr)
 //   copysign(mag, sgn), hsum(a)
+//   lookup32(table, idx)        float only: table[j] per lane, table a float[32] (static
+//                               storage), j = the low 5 bits of the lane's bit pattern. An
+//                               integral k in [0, 32) is passed as the float k + 1.5 * 2^23,
+//                               whose low mantissa bits are k (e.g. fmadd(a, 2, 1.5 * 2^23)
+//                               indexes by round(2a)). AVX-512: one permutex2var; AVX2: four
+//                               permutevar8x32 and three blends; scalar: an array index.
 #pragma once
 
 #include <cstdint>
