@@ -69,6 +69,9 @@ struct GemmView {
   // but the whole width).
   const T* b_packed = nullptr;
   const GemmPost<T>* post = nullptr;  // GemmProblem::post
+  // All of A packed by PrepackedA (m <= MC, k <= KC), or null: one query block of attention
+  // multiplied by several key blocks. Read by gemm_packed instead of packing A per call.
+  const T* a_packed = nullptr;
 
   // Rows [i0, i1) and columns [j0, j1) of C.
   GemmView sub(int64_t i0, int64_t i1, int64_t j0, int64_t j1) const {
@@ -82,6 +85,7 @@ struct GemmView {
     v.c = c + i0 * ldc + j0;
     v.bias = bias ? bias + j0 : nullptr;
     if (j0 != 0 || j1 != n) v.b_packed = nullptr;  // its panel offsets assume all n columns
+    if (i0 != 0 || i1 != m) v.a_packed = nullptr;  // its panel heights assume all m rows
     return v;
   }
 };
@@ -169,6 +173,25 @@ static inline int64_t gemm_balanced_block(int64_t total, int64_t max_block, int6
   return std::min(max_block, (per + unit - 1) / unit * unit);
 }
 
+// A (m x k, m <= MC, k <= KC: one block) packed once for several products with the same A, in
+// the layout gemm_packed's own A packing produces for it: micro-panels of the height that
+// gemm_packed picks for m rows, each k x height.
+template <class Isa, class T>
+struct PrepackedA {
+  static bool fits(int64_t m, int64_t k) { return m <= GemmTraits<Isa, T>::MC && k <= GemmTraits<Isa, T>::KC; }
+  static int panel_height(int64_t m) {
+    return static_cast<int>(gemm_balanced_block(m, GemmTraits<Isa, T>::MR, 1));
+  }
+  static int64_t elems(int64_t m, int64_t k) {
+    constexpr int64_t MR = GemmTraits<Isa, T>::MR;
+    return (m + MR - 1) / MR * MR * k;
+  }
+  // dst (elems(m, k)) <- op(A) (m x k): a[i * lda + l], or a[l * lda + i] when trans.
+  static void pack(const T* a, int64_t lda, bool trans, int64_t m, int64_t k, T* dst) {
+    pack_a_block<Isa, T>(a, lda, trans, m, k, panel_height(m), dst);
+  }
+};
+
 template <class Isa, class T>
 static void gemm_packed(const GemmView<T>& v, T* abuf, T* bbuf) {
   using Tr = GemmTraits<Isa, T>;
@@ -180,8 +203,9 @@ static void gemm_packed(const GemmView<T>& v, T* abuf, T* bbuf) {
   // With B prepacked (a recurrent step: a few rows of A against weights in L2), A is read in
   // place too: its micro-panel stays in L1 across the B panels, and packing it every step would
   // copy A once per thread per step.
-  const bool a_direct =
-      v.n <= kGemmDirectAMaxPanels * NR || (b_pre && !v.trans_a && v.m <= kGemmDirectBMaxPanels * MR);
+  const bool a_pre = v.a_packed != nullptr;
+  const bool a_direct = !a_pre && (v.n <= kGemmDirectAMaxPanels * NR ||
+                                   (b_pre && !v.trans_a && v.m <= kGemmDirectBMaxPanels * MR));
 
   // Equal-sized blocks (whole micro-panels) rather than full blocks plus a thin remainder,
   // which would pack a whole B block for a few rows, or sweep L1 for a few columns.
@@ -196,7 +220,7 @@ static void gemm_packed(const GemmView<T>& v, T* abuf, T* bbuf) {
     for (int64_t pc = 0; pc < v.k; pc += Tr::KC) {
       const int64_t kc = std::min(Tr::KC, v.k - pc);
       const T* ablk = v.trans_a ? v.a + pc * v.lda + ic : v.a + ic * v.lda + pc;
-      if (!a_direct) pack_a_block<Isa, T>(ablk, v.lda, v.trans_a, mc, kc, h, abuf);
+      if (!a_direct && !a_pre) pack_a_block<Isa, T>(ablk, v.lda, v.trans_a, mc, kc, h, abuf);
       TileEpilogue<T> ep{v.alpha, v.beta, nullptr, pc == 0, pc + kc == v.k, v.post};
 
       for (int64_t jc = 0; jc < v.n; jc += nc_step) {
@@ -217,7 +241,10 @@ static void gemm_packed(const GemmView<T>& v, T* abuf, T* bbuf) {
         }
         for (int64_t ir = 0; ir < mc; ir += h) {
           const int mr = static_cast<int>(std::min<int64_t>(h, mc - ir));
-          const T* apanel = !a_direct ? abuf + ir * kc : v.trans_a ? ablk + ir : ablk + ir * v.lda;
+          const T* apanel = a_pre       ? v.a_packed + ir * kc
+                            : !a_direct ? abuf + ir * kc
+                            : v.trans_a ? ablk + ir
+                                        : ablk + ir * v.lda;
           const int64_t a_stride = a_direct ? v.lda : h;
           T* crow = v.c + (ic + ir) * v.ldc + jc;
           for (int64_t jr = 0; jr < nc; jr += NR) {

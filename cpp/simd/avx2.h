@@ -67,6 +67,7 @@ struct Vec<Avx2, float> {
   static reg rcp_approx(reg a) { return _mm256_rcp_ps(a); }
   // Two exact factors (see ldexp_by_halves); NaN n converts to INT_MIN, giving a finite factor.
   static reg ldexp(reg a, reg n) { return ldexp_by_halves<Vec>(a, n); }
+  static reg mul_pow2i(reg a, reg n) { return _mm256_mul_ps(a, pow2i(n)); }
   static float hsum(reg a) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
     s = _mm_add_ps(s, _mm_movehl_ps(s, s));
@@ -140,6 +141,7 @@ struct Vec<Avx2, double> {
   static reg rcp_approx(reg a) { return _mm256_cvtps_pd(_mm_rcp_ps(_mm256_cvtpd_ps(a))); }
   // Two exact factors (see ldexp_by_halves); NaN n gives a finite factor.
   static reg ldexp(reg a, reg n) { return ldexp_by_halves<Vec>(a, n); }
+  static reg mul_pow2i(reg a, reg n) { return _mm256_mul_pd(a, pow2i(n)); }
   static double hsum(reg a) {
     __m128d s = _mm_add_pd(_mm256_castpd256_pd128(a), _mm256_extractf128_pd(a, 1));
     s = _mm_add_sd(s, _mm_unpackhi_pd(s, s));

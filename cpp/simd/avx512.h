@@ -57,6 +57,7 @@ struct Vec<Avx512, float> {
     return _mm512_castsi512_ps(_mm512_slli_epi32(e, 23));
   }
   static reg ldexp(reg a, reg n) { return _mm512_scalef_ps(a, n); }
+  static reg mul_pow2i(reg a, reg n) { return _mm512_scalef_ps(a, n); }
   static constexpr int rcp_approx_bits = 14;  // |error| < 2^-14
   static reg rcp_approx(reg a) { return _mm512_rcp14_ps(a); }
   static float hsum(reg a) { return _mm512_reduce_add_ps(a); }
@@ -113,6 +114,7 @@ struct Vec<Avx512, double> {
     return _mm512_castsi512_pd(_mm512_slli_epi64(e, 52));
   }
   static reg ldexp(reg a, reg n) { return _mm512_scalef_pd(a, n); }
+  static reg mul_pow2i(reg a, reg n) { return _mm512_scalef_pd(a, n); }
   static constexpr int rcp_approx_bits = 14;
   static reg rcp_approx(reg a) { return _mm512_rcp14_pd(a); }
   static double hsum(reg a) { return _mm512_reduce_add_pd(a); }

@@ -69,6 +69,7 @@ struct Vec<Scalar, float> : ScalarVecBase<float> {
   }
   // NaN n is caught before pow2i (whose conversion to an integer would be undefined).
   static reg ldexp(reg a, reg n) { return n != n ? a + n : ldexp_by_halves<Vec>(a, n); }
+  static reg mul_pow2i(reg a, reg n) { return n != n ? a + n : a * pow2i(n); }
   static reg pow2i(reg n) {
     const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
     float r;
@@ -81,6 +82,7 @@ template <>
 struct Vec<Scalar, double> : ScalarVecBase<double> {
   // NaN n is caught before pow2i (whose conversion to an integer would be undefined).
   static reg ldexp(reg a, reg n) { return n != n ? a + n : ldexp_by_halves<Vec>(a, n); }
+  static reg mul_pow2i(reg a, reg n) { return n != n ? a + n : a * pow2i(n); }
   static reg pow2i(reg n) {
     const int64_t bits = (static_cast<int64_t>(n) + 1023) << 52;
     double r;

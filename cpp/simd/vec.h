@@ -25,6 +25,9 @@
 //   mask_or, mask_and, mask_not
 //   round_nearest(a)            round half to even, as T
 //   pow2i(n)                    2^n for integral-valued n in the normal exponent range
+//   mul_pow2i(a, n)             a * pow2i(n) (same n), with the same rounding and flushing as
+//                               that multiply; NaN a gives NaN (n may then be NaN as well).
+//                               AVX-512: one vscalefps instead of convert, add, shift, multiply
 //   ldexp(a, n)                 a * 2^n for integral-valued n, |n| <= 252 (float) / 2044 (double):
 //                               exact when the result is normal, overflows to +-inf and
 //                               underflows (to a subnormal, or 0 under FTZ) like a multiply;
