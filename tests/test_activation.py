@@ -45,7 +45,8 @@ def reference64(name, x, dy):
 
 # Error budget of the native kernels (relative to |result|, in units of eps(dtype)): forward = the
 # vectorized math (a few ulp, cpp/math/); backward = a handful of rounded operations on top of it
-# (gelu: exp and a division of gelu(x) by x), so 16 eps covers both with margin.
+# (gelu float: math::gelu_erf_grad, 2.65 ulp of its terms; double: exp and a division of gelu(x)
+# by x), so 16 eps covers both with margin.
 FORWARD_FACTOR = 8.0
 BACKWARD_FACTOR = 16.0
 
@@ -122,6 +123,23 @@ def test_backward_does_not_modify_and_can_repeat(rng):
         np.testing.assert_array_equal(a, b)
         np.testing.assert_array_equal(dy, dy_copy)
         np.testing.assert_array_equal(x, x_copy)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name", ["gelu", "gelu_tanh"])
+def test_gelu_derivative_at_nan_inf_and_zero(isa, name, dtype):
+    # Specials at the start, in the middle and in the tail of the SIMD loop (40 elements).
+    x = np.full(40, 0.25, dtype)
+    special = [np.nan, np.inf, -np.inf, 0.0, -0.0]
+    for start in (0, 17, 35):
+        x[start:start + 5] = special
+    fwd, bwd = pair(ops, name)
+    y, ws = fwd(x)
+    (dx,) = bwd(np.ones_like(x), ws)
+    # (the double tanh form clamps x to -20, where its derivative is -3e-259, not 0)
+    for start in (0, 17, 35):
+        np.testing.assert_allclose(dx[start:start + 5], [np.nan, 1.0, 0.0, 0.5, 0.5], rtol=0, atol=1e-250,
+                                   err_msg=f"{name} at {start}")
 
 
 def test_relu_kink_nan_and_inf():

@@ -13,9 +13,11 @@ from seqblocks.reference.attention import _flat, _probs, _scores
 from seqblocks.testing import assert_close, gradcheck, sum_factor
 
 DTYPES = [np.float32, np.float64]
-# (L, S, E, Ev): tails of the query block (64), key blocks (64 / 128) and the SIMD widths.
+# (L, S, E, Ev): tails of the query block (64), key blocks (64 / 128) and the SIMD widths; the
+# forward packs a query block once for all its key blocks when E <= the GEMM's KC (256 scalar and
+# double, 384 AVX2 float, 512 AVX-512 float) and S > 128, and per product otherwise (E = 400, 520).
 SHAPES = [(1, 1, 1, 1), (3, 7, 15, 16), (17, 31, 33, 63), (65, 127, 16, 17), (129, 65, 64, 64),
-          (64, 129, 7, 3), (33, 257, 31, 65), (9, 130, 400, 130)]
+          (64, 129, 7, 3), (33, 257, 31, 65), (9, 130, 400, 130), (5, 131, 520, 9)]
 MASKS = ["none", "causal", "bool", "float"]
 
 

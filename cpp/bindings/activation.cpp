@@ -4,6 +4,7 @@
 #include <pybind11/pybind11.h>
 
 #include <string>
+#include <type_traits>
 
 #include "bindings/common.h"
 #include "bindings/ops_args.h"
@@ -83,7 +84,8 @@ py::array backward_impl(const std::string& kind_name, const py::array& dy_arr, c
   {
     py::gil_scoped_release release;
     const int nt = num_threads();
-    if (kind == ActivationGrad::gelu_erf) run_unary<T>(UnaryOp::gelu_erf, ps, pdx, n, nt);  // aux = gelu(x)
+    // aux = gelu(x), for the double kernel only (the float one needs no GELU output)
+    if (kind == ActivationGrad::gelu_erf && std::is_same_v<T, double>) run_unary<T>(UnaryOp::gelu_erf, ps, pdx, n, nt);
     const ActivationKernels& k = SEQBLOCKS_DISPATCH(activation_kernels);
     if constexpr (std::is_same_v<T, float>) {
       k.backward_f32(kind, pdy, ps, pdx, pdx, n, nt);

@@ -1,6 +1,8 @@
 // Activation kernels per ISA (see activation.h for the math).
 #include <omp.h>
 
+#include <type_traits>
+
 #include "ops/activation.h"
 #include "ops/parallel.h"
 #include "runtime/denormals.h"
@@ -8,6 +10,7 @@
 // registers, GCC bug 105593) wherever Vec<Avx512> is inlined; silenced for those header lines only.
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#include "math/gelu.h"
 #include "runtime/isa_target.h"
 #pragma GCC diagnostic pop
 
@@ -122,13 +125,23 @@ void activation_backward(ActivationGrad kind, const T* dy, const T* saved, const
                       [](R g, R y, R) { return V::mul(g, V::fnmadd(y, y, y)); });
       break;
     case ActivationGrad::gelu_erf:
+      if constexpr (std::is_same_v<T, float>) {  // aux unused (see math::gelu_erf_grad)
+        run_map<Isa, T>(dy, saved, nullptr, dx, n, nthreads,
+                        [](R g, R x, R) { return V::mul(g, math::gelu_erf_grad<Isa>(x)); });
+        break;
+      }
+      // double: Phi(x) = gelu(x) / x from aux = gelu(x) (libm, see math::gelu_erf_f64); past
+      // |x| = 40, where Phi is 0 or 1 and x phi(x) below 1e-340, the limits 0 and 1 (inf / inf
+      // and inf * 0 would give NaN at +-inf).
       run_map<Isa, T>(dy, saved, aux, dx, n, nthreads, [](R g, R x, R gelu) {
         const R inv_sqrt_2pi = V::set1(T(0.3989422804014327));
         const auto small = V::lt(V::abs(x), V::set1(T(9.5367431640625e-07)));  // 2^-20
         const R big_phi = V::select(small, V::fmadd(x, inv_sqrt_2pi, V::set1(T(0.5))), V::div(gelu, x));
         const R half_x2 = V::mul(V::mul(x, x), V::set1(T(-0.5)));
         const R small_phi = V::mul(exp_nonpositive<Isa, T>(half_x2), inv_sqrt_2pi);
-        return V::mul(g, V::fmadd(x, small_phi, big_phi));
+        const R limit = V::select(V::gt(x, V::zero()), V::set1(T(1)), V::zero());
+        const R grad = V::select(V::gt(V::abs(x), V::set1(T(40))), limit, V::fmadd(x, small_phi, big_phi));
+        return V::mul(g, grad);
       });
       break;
     case ActivationGrad::gelu_tanh:

@@ -41,7 +41,7 @@ struct Vec<Avx2, float> {
   static reg fnmadd(reg a, reg b, reg c) { return _mm256_fnmadd_ps(a, b, c); }
   static reg fmsub(reg a, reg b, reg c) { return _mm256_fmsub_ps(a, b, c); }
   static reg abs(reg a) { return _mm256_andnot_ps(_mm256_set1_ps(-0.0f), a); }
-  static reg abs_min(reg a, reg b) { return min(b, abs(a)); }
+  static reg abs_min(reg a, reg b) { return min(abs(a), b); }  // NaN a: b (min's rule)
   static reg neg(reg a) { return _mm256_xor_ps(_mm256_set1_ps(-0.0f), a); }
   static reg sqrt(reg a) { return _mm256_sqrt_ps(a); }
   static mask lt(reg a, reg b) { return _mm256_cmp_ps(a, b, _CMP_LT_OQ); }
@@ -110,7 +110,7 @@ struct Vec<Avx2, double> {
   static reg fnmadd(reg a, reg b, reg c) { return _mm256_fnmadd_pd(a, b, c); }
   static reg fmsub(reg a, reg b, reg c) { return _mm256_fmsub_pd(a, b, c); }
   static reg abs(reg a) { return _mm256_andnot_pd(_mm256_set1_pd(-0.0), a); }
-  static reg abs_min(reg a, reg b) { return min(b, abs(a)); }
+  static reg abs_min(reg a, reg b) { return min(abs(a), b); }  // NaN a: b (min's rule)
   static reg neg(reg a) { return _mm256_xor_pd(_mm256_set1_pd(-0.0), a); }
   static reg sqrt(reg a) { return _mm256_sqrt_pd(a); }
   static mask lt(reg a, reg b) { return _mm256_cmp_pd(a, b, _CMP_LT_OQ); }

@@ -31,7 +31,8 @@ struct Vec<Avx512, float> {
   static reg fnmadd(reg a, reg b, reg c) { return _mm512_fnmadd_ps(a, b, c); }
   static reg fmsub(reg a, reg b, reg c) { return _mm512_fmsub_ps(a, b, c); }
   static reg abs(reg a) { return _mm512_abs_ps(a); }
-  // range imm 0b1010: the operand of smaller magnitude, sign cleared; a NaN operand gives NaN.
+  // range imm 0b1010: the operand of smaller magnitude, sign cleared; with one NaN operand,
+  // the other (measured: range(NaN, b) = range(b, NaN) = b).
   static reg abs_min(reg a, reg b) { return _mm512_range_ps(a, b, 0x0A); }
   static reg neg(reg a) { return _mm512_castsi512_ps(_mm512_xor_si512(_mm512_castps_si512(a), _mm512_set1_epi32(INT32_MIN))); }
   static reg sqrt(reg a) { return _mm512_sqrt_ps(a); }

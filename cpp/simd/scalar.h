@@ -32,7 +32,7 @@ struct ScalarVecBase {
   static reg fnmadd(reg a, reg b, reg c) { return std::fma(-a, b, c); }
   static reg fmsub(reg a, reg b, reg c) { return std::fma(a, b, -c); }
   static reg abs(reg a) { return std::fabs(a); }
-  static reg abs_min(reg a, reg b) { return min(b, abs(a)); }
+  static reg abs_min(reg a, reg b) { return min(abs(a), b); }  // NaN a: b (min's rule)
   static reg neg(reg a) { return -a; }
   static reg sqrt(reg a) { return std::sqrt(a); }
   static mask lt(reg a, reg b) { return a < b; }

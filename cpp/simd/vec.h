@@ -20,7 +20,8 @@
 //   fnmadd(a, b, c) = c - a*b   fused, one rounding
 //   fmsub(a, b, c) = a*b - c    fused, one rounding (a*b - round(a*b) is exact)
 //   abs(a), neg(a), sqrt(a)
-//   abs_min(a, b)               min(|a|, b) for b >= 0; NaN a gives NaN (AVX-512: one vrangeps)
+//   abs_min(a, b)               min(|a|, b) for b >= 0; NaN a gives b on every ISA (AVX-512:
+//                               one vrangeps, which returns the non-NaN operand)
 //   lt le gt ge eq (a, b) -> mask; isnan(a) -> mask; select(m, a, b) = m ? a : b
 //   mask_or, mask_and, mask_not
 //   round_nearest(a)            round half to even, as T
