@@ -133,6 +133,37 @@ def test_dropout_matches_reference(isa, rng, dtype):
     assert not out1.any()
 
 
+def check_float_mask_at_the_type_limit(rng, dtype):
+    # finfo.min as a float mask ("padding" in much PyTorch code) is finite: the native kernel scales
+    # the mask into its base-2 scores without overflowing it to -inf. Keys it masks get probability
+    # 0 (as with a boolean mask), and a row masked with it everywhere averages v, as PyTorch's does.
+    L, S, E = 9, 200, 16  # two key blocks
+    q, k, v = (rng.standard_normal((2, n, E)).astype(dtype) for n in (L, S, S))
+    mask = np.zeros((L, S), dtype)
+    mask[:, 150:] = np.finfo(dtype).min
+    mask[4, :] = np.finfo(dtype).min
+    out, _ = ops.sdpa_forward(q, k, v, mask)
+    keep = np.ones((L, S), bool)
+    keep[:, 150:] = False
+    rows = [r for r in range(L) if r != 4]
+    out_bool, _ = ops.sdpa_forward(q, k, v, keep)
+    np.testing.assert_array_equal(out[:, rows], out_bool[:, rows])  # masked keys: exactly 0 either way
+    v64 = v.astype(np.float64)
+    assert_close(out[:, 4], v64.mean(axis=1), magnitude=np.abs(v64).mean(axis=1), factor=sum_factor(S),
+                 what="row masked everywhere with finfo.min")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_float_mask_at_the_type_limit(isa, rng, dtype):
+    check_float_mask_at_the_type_limit(rng, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_float_mask_at_the_type_limit_reference(rng, dtype):
+    with seqblocks.backend("numpy"):
+        check_float_mask_at_the_type_limit(rng, dtype)
+
+
 @pytest.mark.parametrize("backend", ["numpy", "native"])
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_fully_masked_rows_are_zero(rng, backend, dtype):

@@ -157,15 +157,23 @@ template <class T>
 void mask_tile(const SdpaArgs<T>& a, int64_t n, int64_t i0, int64_t rows, int64_t j0, int64_t cols, T* s,
                int64_t lds) {
   const T ninf = -std::numeric_limits<T>::infinity();
+  // log2(e) m, saturated at +-max for a finite m: a mask value near the type's limit (the common
+  // finfo.min "padding" value) must stay finite, as it is in natural units (a row masked with it
+  // everywhere then averages its values, as PyTorch's does), not become +-inf.
+  const auto scaled = [](T m) {
+    constexpr T big = std::numeric_limits<T>::max();
+    const T m2 = kLog2e<T> * m;
+    return (std::fabs(m2) > big) & (std::fabs(m) <= big) ? std::copysign(big, m) : m2;
+  };
   for (int64_t r = 0; r < rows; ++r) {
     T* srow = s + r * lds;
     const int64_t i = i0 + r;
     if (a.mask) {
       const T* mrow = a.mask + a.mask_off[n] + i * a.mask_sl + j0 * a.mask_ss;
       if (a.mask_ss == 1) {
-        for (int64_t c = 0; c < cols; ++c) srow[c] += kLog2e<T> * mrow[c];
+        for (int64_t c = 0; c < cols; ++c) srow[c] += scaled(mrow[c]);
       } else {
-        for (int64_t c = 0; c < cols; ++c) srow[c] += kLog2e<T> * mrow[c * a.mask_ss];
+        for (int64_t c = 0; c < cols; ++c) srow[c] += scaled(mrow[c * a.mask_ss]);
       }
     }
     if (a.causal && j0 + cols - 1 > i) {

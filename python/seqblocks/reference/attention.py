@@ -5,7 +5,7 @@ attn_mask broadcastable to (..., L, S), either additive (float, q's dtype) or bo
 attend). The reference materialises the (N, L, S) scores; the native kernel does not.
 
     s = scale * q @ k^T  (+ mask, or -inf where a boolean mask is False or j > i when causal)
-    m = max_j s,  l = sum_j exp(s - m),  lse = m + log(l),  p = exp(s - lse)
+    m = max_j s,  l = sum_j exp(s - m),  p = exp(s - m) / l,  lse = m + log(l) (kept for backward)
     pd = p * f   (f the counter-based dropout factors of docs/ops.md, keyed by (seed, n*L*S + i*S + j))
     out = pd @ v
 A row whose every score is -inf (fully masked) has lse = -inf, p = 0 and out = 0 (PyTorch: NaN).
@@ -73,7 +73,9 @@ def sdpa_forward(q, k, v, attn_mask=None, is_causal=False, scale=None, dropout_p
         e = np.exp(s - np.where(fin, m, 0)[..., None])
         l = e.sum(axis=-1)
         lse = np.where(l > 0, np.where(fin, m, 0) + np.log(np.where(l > 0, l, 1)), -np.inf).astype(q.dtype)
-    p = _probs(s, lse)
+        # e / l rather than exp(s - lse): at |m| near the type's limit (a finfo.min float mask on a
+        # whole row) m + log(l) rounds to m, and exp(s - lse) would sum to l instead of 1.
+        p = np.where((l > 0)[..., None], e / np.where(l > 0, l, 1)[..., None], 0).astype(q.dtype, copy=False)
     f = _factors(p.shape, q.dtype, float(dropout_p), 0 if seed is None else int(seed))
     pd = p if f is None else p * f
     out = np.matmul(pd, vf).astype(q.dtype, copy=False).reshape(lead + (L, vf.shape[-1]))
