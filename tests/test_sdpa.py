@@ -52,7 +52,7 @@ def magnitudes(q, k, v, dout, mask, causal, scale):
         mx = s.max(-1, initial=-np.inf)
         fin = np.isfinite(mx)
         lse = np.where(fin, mx + np.log(np.exp(s - np.where(fin, mx, 0)[..., None]).sum(-1)), -np.inf)
-    p = _probs(s, lse)
+    p = _probs(s)
     a = scale * np.abs(q64) @ np.abs(np.swapaxes(k64, -1, -2))
     c = 1.0 + np.where(fin, np.abs(lse), 0) + a.max(-1)
     pc = p * c[..., None]
@@ -151,6 +151,14 @@ def check_float_mask_at_the_type_limit(rng, dtype):
     v64 = v.astype(np.float64)
     assert_close(out[:, 4], v64.mean(axis=1), magnitude=np.abs(v64).mean(axis=1), factor=sum_factor(S),
                  what="row masked everywhere with finfo.min")
+    # Its gradient: p = 1/S on every key, so dv_j = dout_4 / S (PyTorch's backward, recomputing p
+    # from m + log l, gets S times that).
+    dout = np.zeros_like(out)
+    dout[:, 4] = rng.standard_normal((2, E))
+    _, ws = ops.sdpa_forward(q, k, v, mask)
+    dv = ops.sdpa_backward(dout, ws)[2]
+    expected = np.broadcast_to(dout[:, 4:5].astype(np.float64) / S, dv.shape)
+    assert_close(dv, expected, magnitude=np.abs(expected), factor=sum_factor(S), what="dv of that row")
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

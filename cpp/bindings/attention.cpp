@@ -116,25 +116,25 @@ py::tuple forward(const py::array& q_arr, const py::array& k_arr, const py::arra
   }
   checked_mul(checked_mul(c.n, c.l, "out size"), c.ev, "out size");
   auto out = new_output<T, py::array::c_style | py::array::forcecast>({c.n, c.l, c.ev});
-  auto lse = new_output<T, py::array::c_style | py::array::forcecast>({c.n, c.l});
+  auto stats = new_output<T, py::array::c_style | py::array::forcecast>({c.n, c.l, 2});
   SdpaArgs<T> a = make_args<T>(c, q, k, v, mask, off, sl, ss, causal, scale, p, seed);
   a.out = out.mutable_data();
-  a.lse = lse.mutable_data();
+  a.stats = stats.mutable_data();
   {
     py::gil_scoped_release release;
     const AttentionKernels& kt = SEQBLOCKS_DISPATCH(attention_kernels);
     if constexpr (std::is_same_v<T, float>) kt.sdpa_forward_f32(a); else kt.sdpa_forward_f64(a);
   }
-  return py::make_tuple(std::move(out), std::move(lse));
+  return py::make_tuple(std::move(out), std::move(stats));
 }
 
 template <class T>
 py::tuple backward(const py::array& dout_arr, const py::array& q_arr, const py::array& k_arr, const py::array& v_arr,
-                   const py::array& out_arr, const py::array& lse_arr, const std::optional<py::array>& mask_arr,
+                   const py::array& out_arr, const py::array& stats_arr, const std::optional<py::array>& mask_arr,
                    const std::optional<py::array>& off_arr, int64_t sl, int64_t ss, bool causal, double scale,
                    double p, uint64_t seed, const Common& c) {
   CArray<T> q = CArray<T>::ensure(q_arr), k = CArray<T>::ensure(k_arr), v = CArray<T>::ensure(v_arr);
-  CArray<T> dout = CArray<T>::ensure(dout_arr), out = CArray<T>::ensure(out_arr), lse = CArray<T>::ensure(lse_arr);
+  CArray<T> dout = CArray<T>::ensure(dout_arr), out = CArray<T>::ensure(out_arr), stats = CArray<T>::ensure(stats_arr);
   std::optional<CArray<T>> mask;
   std::optional<IArray> off;
   if (mask_arr) {
@@ -146,7 +146,7 @@ py::tuple backward(const py::array& dout_arr, const py::array& q_arr, const py::
   auto dv = new_output<T, py::array::c_style | py::array::forcecast>({c.n, c.s, c.ev});
   SdpaArgs<T> a = make_args<T>(c, q, k, v, mask, off, sl, ss, causal, scale, p, seed);
   a.out = const_cast<T*>(out.data());  // read only in the backward
-  a.lse = const_cast<T*>(lse.data());
+  a.stats = const_cast<T*>(stats.data());
   a.dout = dout.data();
   a.dq = dq.mutable_data();
   a.dk = dk.mutable_data();
@@ -178,17 +178,17 @@ SEQBLOCKS_BINDINGS(attention) {
       py::arg("q").noconvert(), py::arg("k").noconvert(), py::arg("v").noconvert(), py::arg("mask").none(true),
       py::arg("mask_offsets").none(true), py::arg("mask_row_stride"), py::arg("mask_col_stride"), py::arg("causal"),
       py::arg("scale"), py::arg("dropout_p"), py::arg("seed"),
-      "tiled scaled dot-product attention over (N, L, E) q, (N, S, E) k, (N, S, Ev) v -> (out, lse)");
+      "tiled scaled dot-product attention over (N, L, E) q, (N, S, E) k, (N, S, Ev) v -> (out, stats (N, L, 2))");
   m.def(
       "sdpa_backward",
       [](const py::array& dout, const py::array& q, const py::array& k, const py::array& v, const py::array& out,
-         const py::array& lse, std::optional<py::array> mask, std::optional<py::array> mask_offsets, int64_t sl,
+         const py::array& stats, std::optional<py::array> mask, std::optional<py::array> mask_offsets, int64_t sl,
          int64_t ss, bool causal, double scale, double p, uint64_t seed) {
         const DType t = float_dtype_of(q, "q");
         const Common c = check_common(q, k, v, mask, mask_offsets, sl, ss, t);
         check_dtype(dout, "grad_output", t);
         check_dtype(out, "out", t);
-        check_dtype(lse, "lse", t);
+        check_dtype(stats, "stats", t);
         check_3d(dout, "grad_output");
         check_3d(out, "out");
         for (int ax = 0; ax < 3; ++ax) {
@@ -196,15 +196,15 @@ SEQBLOCKS_BINDINGS(attention) {
           check_dim(dout, "grad_output", ax, want, "the output's shape");
           check_dim(out, "out", ax, want, "the output's shape");
         }
-        if (lse.ndim() != 2 || lse.shape(0) != c.n || lse.shape(1) != c.l) {
-          throw std::invalid_argument("lse: expected shape (N, L), got " + shape_str(lse));
+        if (stats.ndim() != 3 || stats.shape(0) != c.n || stats.shape(1) != c.l || stats.shape(2) != 2) {
+          throw std::invalid_argument("stats: expected shape (N, L, 2), got " + shape_str(stats));
         }
         return t == DType::f32
-                   ? backward<float>(dout, q, k, v, out, lse, mask, mask_offsets, sl, ss, causal, scale, p, seed, c)
-                   : backward<double>(dout, q, k, v, out, lse, mask, mask_offsets, sl, ss, causal, scale, p, seed, c);
+                   ? backward<float>(dout, q, k, v, out, stats, mask, mask_offsets, sl, ss, causal, scale, p, seed, c)
+                   : backward<double>(dout, q, k, v, out, stats, mask, mask_offsets, sl, ss, causal, scale, p, seed, c);
       },
       py::arg("grad_output").noconvert(), py::arg("q").noconvert(), py::arg("k").noconvert(),
-      py::arg("v").noconvert(), py::arg("out").noconvert(), py::arg("lse").noconvert(), py::arg("mask").none(true),
+      py::arg("v").noconvert(), py::arg("out").noconvert(), py::arg("stats").noconvert(), py::arg("mask").none(true),
       py::arg("mask_offsets").none(true), py::arg("mask_row_stride"), py::arg("mask_col_stride"), py::arg("causal"),
       py::arg("scale"), py::arg("dropout_p"), py::arg("seed"),
       "gradients (dq, dk, dv) of sdpa_forward, probabilities recomputed per tile");

@@ -1,7 +1,7 @@
 // Scaled dot-product attention, forward and backward, tiled (FlashAttention-2 style): no L x S
-// buffer is ever allocated; the forward keeps only the per-row log-sum-exp.
+// buffer is ever allocated; the forward keeps only two numbers per row (stats, below).
 //
-// Shapes (row-major): q (N, L, E), k (N, S, E), v (N, S, Ev), out/dout (N, L, Ev), lse (N, L).
+// Shapes (row-major): q (N, L, E), k (N, S, E), v (N, S, Ev), out/dout (N, L, Ev), stats (N, L, 2).
 // mask (optional, additive, q's dtype): element (n, i, j) at mask[mask_off[n] + i*mask_sl + j*mask_ss]
 // (strides may be 0: the Python layer passes a broadcast view of the caller's mask, never a copy
 // expanded to N x L x S).
@@ -9,7 +9,11 @@
 //   s_ij = scale * q_i . k_j + mask_ij   (-inf for j > i when causal)
 //   m_i = max_j s_ij,  l_i = sum_j exp(s_ij - m_i),  lse_i = m_i + log l_i,  p_ij = exp(s_ij - lse_i)
 //   out_i = sum_j p_ij f_ij v_j          (f: dropout factors, 1/(1-p) or 0, keyed by n*L*S + i*S + j)
-// A row whose scores are all -inf gives out = 0 and lse = -inf (PyTorch: NaN).
+// A row whose scores are all -inf gives out = 0 (PyTorch: NaN).
+// stats_i = (log2(e) m_i, log2 l_i): the kernels work in base 2 (attention_isa.cpp), and the
+// backward takes p_ij = 2^((log2(e) s_ij - stats_i0) - stats_i1). Keeping m and l apart (rather
+// than lse = m + log l) keeps log l when |m| is near the type's limit (a row masked everywhere
+// with finfo.min), where m + log l rounds to m and p would sum to l instead of 1.
 //
 // Backward, with D_i = dout_i . out_i (= sum_j p_ij f_ij dpd_ij):
 //   dv_j = sum_i p_ij f_ij dout_i,  dp_ij = f_ij (dout_i . v_j),  ds_ij = p_ij (dp_ij - D_i),
@@ -41,7 +45,7 @@ struct SdpaArgs {
   double dropout_p = 0.0;
   uint64_t seed = 0;
   T* out = nullptr;  // forward output (N, L, Ev); backward input
-  T* lse = nullptr;  // forward output (N, L); backward input
+  T* stats = nullptr;  // forward output (N, L, 2); backward input
   const T* dout = nullptr;  // backward
   T* dq = nullptr;
   T* dk = nullptr;

@@ -30,11 +30,9 @@ constexpr int64_t kBwdBr = 64, kBwdBc = 64;
 // Scores are kept in base 2, s2 = log2(e) s (the factor folded into the product's alpha and
 // into a float mask), so that the softmax takes 2^(s2 - max) (rowops::exp2_approx, 10 vector
 // operations) rather than e^(s - max) (13), together with mul_pow2i: forward 3%, backward 2%
-// faster. The log-sum-exp in the workspace stays natural: lse = ln2 (m2 + log2 l).
+// faster. The workspace keeps m2 (the base-2 row maximum) and log2 l per row (attention.h).
 template <class T>
 constexpr T kLog2e = T(1.4426950408889634);
-template <class T>
-constexpr T kLn2 = T(0.6931471805599453);
 
 // C = alpha op(A) op(B) + beta C on one thread (GEMM driver's packed path; see gemm/gemm.h);
 // a_packed: A already packed by PrepackedA, or null.
@@ -70,23 +68,24 @@ T dot_row(const T* a, const T* b, int64_t n) {
   return V::hsum(acc);
 }
 
-// x[j] = 2^(x[j] - sub) for j < n (scores in base 2, see kLog2e); returns the sum (masked lanes
-// excluded).
-template <class Isa, class T>
-T exp2_row(T* x, int64_t n, T sub) {
+// x[j] = 2^(x[j] - sub) for j < n (scores in base 2, see kLog2e), or 2^((x[j] - sub) - sub2)
+// with kTwoShifts; returns the sum (masked lanes excluded).
+template <class Isa, class T, bool kTwoShifts = false>
+T exp2_row(T* x, int64_t n, T sub, T sub2 = T(0)) {
   using V = Vec<Isa, T>;
   constexpr int W = V::width;
-  const auto vm = V::set1(sub);
+  const auto vm = V::set1(sub), vm2 = V::set1(sub2);
+  const auto shift = [&](typename V::reg v) { return kTwoShifts ? V::sub(V::sub(v, vm), vm2) : V::sub(v, vm); };
   auto s0 = V::zero();
   int64_t j = 0;
   for (; j + W <= n; j += W) {
-    const auto e = rowops::exp2_approx<Isa, T>(V::sub(V::load(x + j), vm));
+    const auto e = rowops::exp2_approx<Isa, T>(shift(V::load(x + j)));
     V::store(x + j, e);
     s0 = V::add(s0, e);
   }
   if (j < n) {
     const int r = static_cast<int>(n - j);
-    const auto e = V::select(rowops::tail_mask<Isa, T>(r), rowops::exp2_approx<Isa, T>(V::sub(V::load_tail(x + j, r), vm)),
+    const auto e = V::select(rowops::tail_mask<Isa, T>(r), rowops::exp2_approx<Isa, T>(shift(V::load_tail(x + j, r))),
                              V::zero());
     V::store_tail(x + j, e, r);
     s0 = V::add(s0, e);
@@ -252,11 +251,12 @@ void forward_block(const SdpaArgs<T>& a, int64_t n, int64_t i0, int64_t bc, cons
     tile_gemm<Isa, T>(rows, a.ev, cols, s, bc, false, a.v + (n * a.s + j0) * a.ev, a.ev, false, o, a.ev, T(1),
                       T(1), abuf, bbuf);
   }
-  T* lse = a.lse + n * a.l + i0;
+  T* stats = a.stats + 2 * (n * a.l + i0);
   for (int64_t r = 0; r < rows; ++r) {
     const bool any = lrun[r] > T(0);
     scale_row<Isa, T>(o + r * a.ev, a.ev, any ? T(1) / lrun[r] : T(0));
-    lse[r] = any ? kLn2<T> * (mrun[r] + std::log2(lrun[r])) : ninf;
+    stats[2 * r] = any ? mrun[r] : ninf;
+    stats[2 * r + 1] = any ? std::log2(lrun[r]) : ninf;
   }
 }
 
@@ -314,7 +314,7 @@ void backward_one(const SdpaArgs<T>& a, int64_t n, T* p, T* dp, T* d, T* kt, T* 
   const T* v = a.v + n * a.s * a.ev;
   const T* dout = a.dout + n * a.l * a.ev;
   const T* out = a.out + n * a.l * a.ev;
-  const T* lse = a.lse + n * a.l;
+  const T* stats = a.stats + 2 * n * a.l;
   T* dq = a.dq + n * a.l * a.e;
   T* dk = a.dk + n * a.s * a.e;
   T* dv = a.dv + n * a.s * a.ev;
@@ -340,11 +340,11 @@ void backward_one(const SdpaArgs<T>& a, int64_t n, T* p, T* dp, T* d, T* kt, T* 
       mask_tile(a, n, i0, rows, j0, cols, p, kBwdBc);
       for (int64_t r = 0; r < rows; ++r) {
         T* prow = p + r * kBwdBc;
-        const T l = lse[i0 + r];
-        if (std::isinf(l) || std::isnan(l)) {
+        const T m2 = stats[2 * (i0 + r)], log2_l = stats[2 * (i0 + r) + 1];
+        if (std::isinf(m2) || std::isnan(m2) || std::isnan(log2_l)) {  // nothing visible (or NaN)
           std::fill(prow, prow + cols, T(0));
         } else {
-          exp2_row<Isa, T>(prow, cols, kLog2e<T> * l);
+          exp2_row<Isa, T, true>(prow, cols, m2, log2_l);
         }
       }
       // dv_j += (p f)^T dout_i   (pd in dp's buffer first)

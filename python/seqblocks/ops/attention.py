@@ -124,11 +124,11 @@ def sdpa_forward(q, k, v, attn_mask=None, is_causal=False, scale=None, dropout_p
     sc = 1.0 / math.sqrt(E) if scale is None else scale
     q3, k3, v3 = (c_order(a).reshape(N, a.shape[-2], a.shape[-1]) for a in (q, k, v))
     mflat, moff, msl, mss = _native_mask(mask, q.dtype, lead, L, S)
-    out3, lse = _core.sdpa_forward(q3, k3, v3, mflat, moff, msl, mss, bool(is_causal), sc, dropout_p, seed)
+    out3, stats = _core.sdpa_forward(q3, k3, v3, mflat, moff, msl, mss, bool(is_causal), sc, dropout_p, seed)
     out = out3.reshape(lead + (L, Ev))
     if not needs_grad:
         return out, None
-    ws = {"op": "sdpa", "backend": "native", "q": q, "k": k, "v": v, "mask": mask, "lse": lse, "out": out,
+    ws = {"op": "sdpa", "backend": "native", "q": q, "k": k, "v": v, "mask": mask, "stats": stats, "out": out,
           "native": (q3, k3, v3, out3, mflat, moff, msl, mss), "is_causal": bool(is_causal), "scale": sc,
           "dropout_p": dropout_p, "seed": seed}
     return out, ws
@@ -144,7 +144,7 @@ def sdpa_backward(grad_output, workspace):
     if workspace["backend"] == "numpy":
         return reference.sdpa_backward(dy, workspace)
     q3, k3, v3, out3, mflat, moff, msl, mss = workspace["native"]
-    dq, dk, dv = _core.sdpa_backward(c_order(dy).reshape(out3.shape), q3, k3, v3, out3, workspace["lse"], mflat,
+    dq, dk, dv = _core.sdpa_backward(c_order(dy).reshape(out3.shape), q3, k3, v3, out3, workspace["stats"], mflat,
                                      moff, msl, mss, workspace["is_causal"], workspace["scale"],
                                      workspace["dropout_p"], workspace["seed"])
     q, k, v = workspace["q"], workspace["k"], workspace["v"]

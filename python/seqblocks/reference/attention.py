@@ -5,10 +5,11 @@ attn_mask broadcastable to (..., L, S), either additive (float, q's dtype) or bo
 attend). The reference materialises the (N, L, S) scores; the native kernel does not.
 
     s = scale * q @ k^T  (+ mask, or -inf where a boolean mask is False or j > i when causal)
-    m = max_j s,  l = sum_j exp(s - m),  p = exp(s - m) / l,  lse = m + log(l) (kept for backward)
+    m = max_j s,  l = sum_j exp(s - m),  p = exp(s - m) / l
     pd = p * f   (f the counter-based dropout factors of docs/ops.md, keyed by (seed, n*L*S + i*S + j))
     out = pd @ v
-A row whose every score is -inf (fully masked) has lse = -inf, p = 0 and out = 0 (PyTorch: NaN).
+A row whose every score is -inf (fully masked) has l = 0, p = 0 and out = 0 (PyTorch: NaN).
+The backward recomputes p from q and k the same way.
 
 Backward, with D_i = sum_e dout_ie out_ie:
     dv = pd^T @ dout,  dp = (dout @ v^T) * f,  ds = p * (dp - D),  dq = scale ds @ k,  dk = scale ds^T @ q
@@ -41,11 +42,16 @@ def _scores(q, k, mask, is_causal, scale):
     return s
 
 
-def _probs(s, lse):
+def _probs(s):
+    """Row softmax of the masked scores, 0 on a row with no finite score. As exp(s - m) / l, not
+    exp(s - lse): at |m| near the type's limit (a float mask of finfo.min on a whole row) m + log l
+    rounds to m, and exp(s - lse) would sum to l instead of 1."""
     with np.errstate(invalid="ignore", over="ignore"):
-        fin = np.isfinite(lse)[..., None]
-        p = np.where(fin, np.exp(s - np.where(fin, lse[..., None], 0)), 0).astype(s.dtype, copy=False)
-    return p
+        m = s.max(axis=-1, initial=-np.inf)
+        e = np.exp(s - np.where(np.isfinite(m), m, 0)[..., None])
+        l = e.sum(axis=-1)
+        p = np.where((l > 0)[..., None], e / np.where(l > 0, l, 1)[..., None], 0)
+    return p.astype(s.dtype, copy=False)
 
 
 def _factors(shape, dtype, p, seed):
@@ -68,27 +74,20 @@ def sdpa_forward(q, k, v, attn_mask=None, is_causal=False, scale=None, dropout_p
     mf = None if attn_mask is None else _flat(np.broadcast_to(attn_mask, lead + (L, S)), lead)
     with np.errstate(invalid="ignore", over="ignore"):
         s = _scores(qf, kf, mf, is_causal, scale)
-        m = s.max(axis=-1, initial=-np.inf)
-        fin = np.isfinite(m)
-        e = np.exp(s - np.where(fin, m, 0)[..., None])
-        l = e.sum(axis=-1)
-        lse = np.where(l > 0, np.where(fin, m, 0) + np.log(np.where(l > 0, l, 1)), -np.inf).astype(q.dtype)
-        # e / l rather than exp(s - lse): at |m| near the type's limit (a finfo.min float mask on a
-        # whole row) m + log(l) rounds to m, and exp(s - lse) would sum to l instead of 1.
-        p = np.where((l > 0)[..., None], e / np.where(l > 0, l, 1)[..., None], 0).astype(q.dtype, copy=False)
+    p = _probs(s)
     f = _factors(p.shape, q.dtype, float(dropout_p), 0 if seed is None else int(seed))
     pd = p if f is None else p * f
     out = np.matmul(pd, vf).astype(q.dtype, copy=False).reshape(lead + (L, vf.shape[-1]))
     if not needs_grad:
         return out, None
-    ws = {"op": "sdpa", "backend": "numpy", "q": q, "k": k, "v": v, "mask": attn_mask, "lse": lse, "out": out,
+    ws = {"op": "sdpa", "backend": "numpy", "q": q, "k": k, "v": v, "mask": attn_mask, "out": out,
           "is_causal": bool(is_causal), "scale": scale, "dropout_p": float(dropout_p),
           "seed": 0 if seed is None else int(seed)}
     return out, ws
 
 
 def sdpa_backward(grad_output, workspace):
-    """Returns (dq, dk, dv, None); probabilities recomputed from q, k and the log-sum-exp."""
+    """Returns (dq, dk, dv, None); probabilities recomputed from q and k (_probs)."""
     q, k, v, mask = workspace["q"], workspace["k"], workspace["v"], workspace["mask"]
     lead = q.shape[:-2]
     L, S = q.shape[-2], k.shape[-2]
@@ -99,7 +98,7 @@ def sdpa_backward(grad_output, workspace):
     out = _flat(workspace["out"], lead)
     with np.errstate(invalid="ignore", over="ignore"):
         s = _scores(qf, kf, mf, workspace["is_causal"], scale)
-    p = _probs(s, workspace["lse"])
+    p = _probs(s)
     f = _factors(p.shape, q.dtype, workspace["dropout_p"], workspace["seed"])
     pd = p if f is None else p * f
     dv = np.matmul(np.swapaxes(pd, -1, -2), dout)
