@@ -2,9 +2,10 @@
 ``sdpa_forward`` -> (out, workspace), ``sdpa_backward`` -> (dq, dk, dv, None).
 
 Formulas in ``seqblocks.reference.attention``; native kernels in ``cpp/ops/attention*``: a tiled
-forward with an online softmax that keeps only the per-row log-sum-exp, and a backward that
-recomputes the probabilities tile by tile, so neither direction allocates an L x S buffer.
-The workspace keeps (references to) q, k, v, the mask, the output and the log-sum-exp.
+forward with an online softmax that keeps only two numbers per row (the maximum and log-sum of the
+scores), and a backward that recomputes the probabilities tile by tile, so neither direction
+allocates an L x S buffer. The workspace keeps (references to) q, k, v, the mask, the output and
+those row statistics.
 
 Differences from PyTorch: a fully masked query row gives zeros and zero gradients (PyTorch: NaN).
 """
