@@ -7,7 +7,7 @@
 // expanded to N x L x S).
 //
 //   s_ij = scale * q_i . k_j + mask_ij   (-inf for j > i when causal)
-//   m_i = max_j s_ij,  l_i = sum_j exp(s_ij - m_i),  lse_i = m_i + log l_i,  p_ij = exp(s_ij - lse_i)
+//   m_i = max_j s_ij,  l_i = sum_j exp(s_ij - m_i),  p_ij = exp(s_ij - m_i) / l_i
 //   out_i = sum_j p_ij f_ij v_j          (f: dropout factors, 1/(1-p) or 0, keyed by n*L*S + i*S + j)
 // A row whose scores are all -inf gives out = 0 (PyTorch: NaN).
 // stats_i = (log2(e) m_i, log2 l_i): the kernels work in base 2 (attention_isa.cpp), and the
