@@ -38,7 +38,7 @@ base = status("VmHWM:")
 out, ws = ops.sdpa_forward(q, k, v, is_causal=True)
 dq, dk, dv, _ = ops.sdpa_backward(dout, ws)
 peak = status("VmHWM:")
-held = sum(a.nbytes for a in (out, ws["lse"], dq, dk, dv)) / 1024
+held = sum(a.nbytes for a in (out, ws["stats"], dq, dk, dv)) / 1024
 print((peak - base - held) / 1024.0, base / 1024.0, peak / 1024.0)
 """
 
