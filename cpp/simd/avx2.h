@@ -64,6 +64,7 @@ struct Vec<Avx2, float> {
     return _mm256_castsi256_ps(_mm256_slli_epi32(e, 23));
   }
   static constexpr int rcp_approx_bits = 11;  // |error| <= 1.5 * 2^-12
+  static constexpr bool ldexp_is_one_instruction = false;  // two exact factors, 11 instructions
   static reg rcp_approx(reg a) { return _mm256_rcp_ps(a); }
   // Two exact factors (see ldexp_by_halves); NaN n converts to INT_MIN, giving a finite factor.
   static reg ldexp(reg a, reg n) { return ldexp_by_halves<Vec>(a, n); }
@@ -138,6 +139,7 @@ struct Vec<Avx2, double> {
   }
   // AVX2 has no double reciprocal estimate: the float one, through conversions.
   static constexpr int rcp_approx_bits = 11;
+  static constexpr bool ldexp_is_one_instruction = false;
   static reg rcp_approx(reg a) { return _mm256_cvtps_pd(_mm_rcp_ps(_mm256_cvtpd_ps(a))); }
   // Two exact factors (see ldexp_by_halves); NaN n gives a finite factor.
   static reg ldexp(reg a, reg n) { return ldexp_by_halves<Vec>(a, n); }

@@ -60,6 +60,7 @@ struct Vec<Avx512, float> {
   static reg ldexp(reg a, reg n) { return _mm512_scalef_ps(a, n); }
   static reg mul_pow2i(reg a, reg n) { return _mm512_scalef_ps(a, n); }
   static constexpr int rcp_approx_bits = 14;  // |error| < 2^-14
+  static constexpr bool ldexp_is_one_instruction = true;  // vscalefps
   static reg rcp_approx(reg a) { return _mm512_rcp14_ps(a); }
   static float hsum(reg a) { return _mm512_reduce_add_ps(a); }
   // permutex2var reads the low 5 bits of each index lane: bit 4 picks the register.
@@ -117,6 +118,7 @@ struct Vec<Avx512, double> {
   static reg ldexp(reg a, reg n) { return _mm512_scalef_pd(a, n); }
   static reg mul_pow2i(reg a, reg n) { return _mm512_scalef_pd(a, n); }
   static constexpr int rcp_approx_bits = 14;
+  static constexpr bool ldexp_is_one_instruction = true;
   static reg rcp_approx(reg a) { return _mm512_rcp14_pd(a); }
   static double hsum(reg a) { return _mm512_reduce_add_pd(a); }
 };

@@ -7,7 +7,7 @@
 // keeps each call's instructions together.
 //
 // Offered: the operations that elementwise kernels use (arithmetic, fused multiply-adds,
-// min/max, abs/neg, comparisons and select, ldexp, lookup32 for float); loads and stores stay
+// min/max, abs/neg, comparisons and select, ldexp, mul_pow2i, lookup32 for float); loads and stores stay
 // with the caller (a register pack is an array: r.v[i] is register i).
 #pragma once
 
@@ -29,6 +29,7 @@ struct Vec<Interleaved<Isa, N>, T> {
   };
   static constexpr int width = N * V::width;
   static constexpr int rcp_approx_bits = V::rcp_approx_bits;
+  static constexpr bool ldexp_is_one_instruction = V::ldexp_is_one_instruction;
 
   template <class F>
   static reg map(F f) {
@@ -58,6 +59,7 @@ struct Vec<Interleaved<Isa, N>, T> {
   static reg abs_min(reg a, reg b) { return map([&](int i) { return V::abs_min(a.v[i], b.v[i]); }); }
   static reg neg(reg a) { return map([&](int i) { return V::neg(a.v[i]); }); }
   static reg ldexp(reg a, reg n) { return map([&](int i) { return V::ldexp(a.v[i], n.v[i]); }); }
+  static reg mul_pow2i(reg a, reg n) { return map([&](int i) { return V::mul_pow2i(a.v[i], n.v[i]); }); }
   static reg copysign(reg a, reg b) { return map([&](int i) { return V::copysign(a.v[i], b.v[i]); }); }
   static reg rcp_approx(reg a) { return map([&](int i) { return V::rcp_approx(a.v[i]); }); }
   static reg lookup32(const T (&table)[32], reg idx) {

@@ -48,6 +48,7 @@ struct ScalarVecBase {
   static reg round_nearest(reg a) { return std::nearbyint(a); }
   static reg copysign(reg mag, reg sgn) { return std::copysign(mag, sgn); }
   static constexpr int rcp_approx_bits = 64;  // exact
+  static constexpr bool ldexp_is_one_instruction = false;
   static reg rcp_approx(reg a) { return T(1) / a; }
   static T hsum(reg a) { return a; }
 };

@@ -25,7 +25,8 @@
 //   lt le gt ge eq (a, b) -> mask; isnan(a) -> mask; select(m, a, b) = m ? a : b
 //   mask_or, mask_and, mask_not
 //   round_nearest(a)            round half to even, as T
-//   pow2i(n)                    2^n for integral-valued n in the normal exponent range
+//   pow2i(n)                    2^n for integral-valued n in the normal exponent range, and
+//                               +0 for the exponent just below it (float -127, double -1023)
 //   mul_pow2i(a, n)             a * pow2i(n) (same n), with the same rounding and flushing as
 //                               that multiply; NaN a gives NaN (n may then be NaN as well).
 //                               AVX-512: one vscalefps instead of convert, add, shift, multiply
@@ -33,6 +34,8 @@
 //                               exact when the result is normal, overflows to +-inf and
 //                               underflows (to a subnormal, or 0 under FTZ) like a multiply;
 //                               NaN a gives NaN (n may then be NaN as well)
+//   ldexp_is_one_instruction    constexpr bool: ldexp is one vscalefps (AVX-512), not the exact
+//                               two-factor sequence (AVX2, scalar: ~11 instructions)
 //   rcp_approx(a)               ~1/a for finite nonzero a with |a| in [2^-100, 2^100], relative
 //                               error < 2^-rcp_approx_bits (AVX2 rcp_ps: 11, AVX-512 rcp14: 14,
 //                               scalar: exact division, 64); refine with Newton steps
