@@ -8,7 +8,7 @@ import pytest
 
 import seqblocks
 import seqblocks.nn.functional as F
-from seqblocks import ops, reference
+from seqblocks import _core, ops, reference
 from seqblocks.reference.attention import _flat, _probs, _scores
 from seqblocks.testing import assert_close, gradcheck, sum_factor
 
@@ -237,6 +237,11 @@ def test_bad_inputs(rng):
         ops.sdpa_backward(out[:, :3], ws)
     with pytest.raises(ValueError, match="workspace: expected the workspace returned by sdpa_forward"):
         ops.sdpa_backward(out, None)
+    # the compiled backward checks the row statistics it is handed (N, L, 2)
+    q3, k3, v3, out3, mflat, moff, msl, mss = ws["native"]
+    with pytest.raises(ValueError, match=r"stats: expected shape \(N, L, 2\)"):
+        _core.sdpa_backward(out3, q3, k3, v3, out3, np.ascontiguousarray(ws["stats"][..., 0]), mflat, moff, msl,
+                            mss, False, 1.0, 0.0, 0)
 
 
 # ------------------------------------------------------------------------------ PyTorch parity

@@ -131,8 +131,9 @@ inline typename Vec<Isa, T>::reg exp(typename Vec<Isa, T>::reg x) {
   return exp_hilo<Isa, T>(x, Vec<Isa, T>::zero());
 }
 
-// g e^-(s + l)/2 for 0 <= s <= 200 (no clamp needed: no overflow, and 2^m stays normal) or
-// NaN, with l a small correction as in exp_hilo; made for s + l = a^2 exactly (FMA residual),
+// g e^-(s + l)/2 for 0 <= s <= 200 (no clamp needed: no overflow, and ldexp scales by 2^m,
+// m >= -144, exactly even where 2^m itself is below the normal range) or NaN, with l a small
+// correction as in exp_hilo; made for s + l = a^2 exactly (FMA residual),
 // so that a^2/2 is never rounded. The 1/2 is folded into the constants (exact power-of-two
 // scalings): with m = -round(s log2(e) / 2), e^-(s + l)/2 = e^-u 2^m, u = (s + l)/2 + m ln2,
 // |u| <= ln2/2, computed as w = 2u = s + m (2 ln2_hi) + m (2 ln2_lo) + l (m 2 ln2_hi exact), and

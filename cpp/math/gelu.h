@@ -62,6 +62,21 @@ inline typename Vec<Isa, T>::reg gelu_tanh(typename Vec<Isa, T>::reg x) {
   return V::select(neg_x, V::mul(V::mul(xc, q256), inv256), V::fnmadd(xc, q, x));
 }
 
+// R(a) = Phi(-a) e^(a^2/2) for 0 <= a <= 13.25 from the tables (the fit is described at
+// gelu_erf below): the part gelu_erf and gelu_erf_grad share.
+template <class Isa>
+inline typename Vec<Isa, float>::reg gelu_erf_ratio(typename Vec<Isa, float>::reg a) {
+  using V = Vec<Isa, float>;
+  using reg = typename V::reg;
+  // The shifter 1.5 * 2^23 rounds kGeluErfScale a to the integer k in its low mantissa bits.
+  const reg k_index = V::fmadd(a, V::set1(kGeluErfScale), V::set1(12582912.0f));
+  const reg r = V::sub(a, V::lookup32(kGeluErfCentre, k_index));
+  constexpr int degree = static_cast<int>(sizeof(kGeluErfR) / sizeof(kGeluErfR[0])) - 1;
+  reg ratio = V::lookup32(kGeluErfR[degree], k_index);
+  for (int j = degree - 1; j >= 0; --j) ratio = V::fmadd(ratio, r, V::lookup32(kGeluErfR[j], k_index));
+  return ratio;
+}
+
 // GELU, erf form, float: x Phi(x), Phi the standard normal CDF.
 // With a = |x| and Q(a) = Phi(-a):  x < 0: x Phi(x) = -a Q(a);  x >= 0: x - a Q(a), Q <= 1/2
 // (no cancellation: the error of a Q(a) enters the result at most 1x). One formula for all x:
@@ -92,21 +107,6 @@ inline typename Vec<Isa, T>::reg gelu_tanh(typename Vec<Isa, T>::reg x) {
 // Max error measured: 3.14 ulp at x = -4.3430 (exhaustive over all 2^32 float32 inputs,
 // benchmarks/math_exhaustive.py, the same maximum at the same x on AVX-512, AVX2 and scalar);
 // the previous rcp-based version: 3.86 ulp (AVX-512).
-// R(a) = Q(a) e^(a^2/2) for 0 <= a <= 13.25 from the table: the part gelu_erf and
-// gelu_erf_grad share.
-template <class Isa>
-inline typename Vec<Isa, float>::reg gelu_erf_ratio(typename Vec<Isa, float>::reg a) {
-  using V = Vec<Isa, float>;
-  using reg = typename V::reg;
-  // The shifter 1.5 * 2^23 rounds kGeluErfScale a to the integer k in its low mantissa bits.
-  const reg k_index = V::fmadd(a, V::set1(kGeluErfScale), V::set1(12582912.0f));
-  const reg r = V::sub(a, V::lookup32(kGeluErfCentre, k_index));
-  constexpr int degree = static_cast<int>(sizeof(kGeluErfR) / sizeof(kGeluErfR[0])) - 1;
-  reg ratio = V::lookup32(kGeluErfR[degree], k_index);
-  for (int j = degree - 1; j >= 0; --j) ratio = V::fmadd(ratio, r, V::lookup32(kGeluErfR[j], k_index));
-  return ratio;
-}
-
 template <class Isa>
 inline typename Vec<Isa, float>::reg gelu_erf(typename Vec<Isa, float>::reg x) {
   using V = Vec<Isa, float>;

@@ -141,11 +141,11 @@ inline typename Vec<Isa, T>::mask tail_mask(int n) {
 // exp(x) for x <= 88.3 (float) / 709.4 (double) (the callers pass x - max <= 0), within 2 ULP
 // (1.0 ULP measured over the whole range on every ISA, tests/test_softmax.py):
 // Cody-Waite reduction x = n ln2 + r, |r| <= ln2/2 (ln2 split in a high part exact in a few bits
-// and a low part), exp(r) = 1 + r + r^2 q(r), times 2^n built in the exponent field. q is a
-// degree-4 polynomial for float (least-squares fit of (e^r - 1 - r) / r^2 for relative error,
+// and a low part), exp(r) = 1 + r + r^2 q(r), times 2^n (mul_pow2i). q is a degree-4
+// polynomial for float (least-squares fit of (e^r - 1 - r) / r^2 for relative error,
 // truncation 3e-9 = 0.05 ULP) and the degree-11 Taylor polynomial for double (truncation below
-// 0.1 ULP), times 2^n (mul_pow2i). Inputs are clamped at -87.5 / -709 so that 2^n stays normal; results below
-// the smallest normal number are then flushed to 0 by the FTZ mode every kernel runs under
+// 0.1 ULP). Inputs are clamped at -87.5 / -709 so that 2^n stays normal; results below the
+// smallest normal number are then flushed to 0 by the FTZ mode every kernel runs under
 // (DenormalsFlushed). exp(-inf) = 0; NaN propagates.
 template <class Isa, class T>
 inline typename Vec<Isa, T>::reg exp_approx(typename Vec<Isa, T>::reg x) {
@@ -187,7 +187,8 @@ inline typename Vec<Isa, T>::reg exp_approx(typename Vec<Isa, T>::reg x) {
   return V::mul_pow2i(p, n);
 }
 
-// 2^x for x <= 128 (float) / 1024 (double): softmax with scores kept in base 2 (the scale
+// 2^x for x < 127.5 (float) / 1023.5 (double; the callers pass scores minus their row maximum,
+// about 0 at most): softmax with scores kept in base 2 (the scale
 // log2(e) folded into an earlier product), which saves exp_approx's multiply by log2(e) and its
 // second reduction step. x = n + f with n = round(x) and f = x - n exact, |f| <= 1/2.
 // float: 2^f = 1 + f q(f), q of degree 5 fitted for relative error by tools/fit_exp2.py
