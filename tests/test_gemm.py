@@ -102,6 +102,27 @@ def test_linear_rnn_step_shapes(isa, rng, rows):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("rows,out_features,in_features",
+                         [(1, n, 512) for n in (1, 3, 7, 17, 33, 129, 1000)]
+                         + [(1, 2048, k) for k in (32, 33, 100)] + [(3, 65, 97), (16, 1000, 64)])
+def test_repeated_gemv_is_identical_in_both_walk_directions(isa, rng, dtype, rows, out_features, in_features):
+    """The dot path walks W forwards and backwards on alternate calls (and splits it per thread):
+    every call, at every thread count, gives the same bits, and they are correct."""
+    x = rng.standard_normal((rows, in_features)).astype(dtype)
+    w = rng.standard_normal((out_features, in_features)).astype(dtype)
+    bias = rng.standard_normal(out_features).astype(dtype)
+    seqblocks.set_num_threads(1)
+    first = ops.linear(x, w, bias)
+    x64, w64 = x.astype(np.float64), w.astype(np.float64)
+    assert_close(first, x64 @ w64.T + bias, magnitude=np.abs(x64) @ np.abs(w64).T + np.abs(bias),
+                 factor=sum_factor(in_features))
+    for threads in (1, 2, 3):
+        seqblocks.set_num_threads(threads)
+        for _ in range(3):
+            np.testing.assert_array_equal(ops.linear(x, w, bias), first)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("trans_a,trans_b", [(False, False), (True, False), (False, True), (True, True)])
 @pytest.mark.parametrize("alpha,beta", [(1.0, 0.0), (0.5, 1.0), (-2.0, 0.25)])
 def test_gemm_alpha_beta_transposes(isa, rng, dtype, trans_a, trans_b, alpha, beta):

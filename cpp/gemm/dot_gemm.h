@@ -167,24 +167,32 @@ static inline DotTileFn<T> pick_dot_tile(int mi, int nj, std::integer_sequence<i
 constexpr int64_t kDotGemvPrefetchSlabs = 2;
 
 // C[0:m, 0:n] for x (m x k, row stride ldx) and W (n x k, row stride ldw); c, bias at column 0.
+// `reverse` walks the slabs of W from the last to the first (see gemm_dot in gemm.h); every
+// output is the same dot product either way, so the results are bit-identical.
 template <class Isa, class T>
 static void dot_gemm(int64_t m, int64_t n, int64_t k, const T* x, int64_t ldx, const T* w,
-                     int64_t ldw, T* c, int64_t ldc, T alpha, T beta, const T* bias) {
+                     int64_t ldw, T* c, int64_t ldc, T alpha, T beta, const T* bias,
+                     bool reverse = false) {
   constexpr int MI = GemmTraits<Isa, T>::DOT_MI;
   constexpr int NJ = GemmTraits<Isa, T>::DOT_NJ;
   // A GEMV (m == 1) is bound by streaming W; it may prefer narrower slabs (fewer interleaved
   // row streams) than the register-bound small-m case.
   const int slab = m == 1 ? GemmTraits<Isa, T>::DOT_NJ_GEMV : NJ;
   const int64_t ahead = m == 1 ? kDotGemvPrefetchSlabs : 1;  // slabs between a load and its prefetch
-  for (int64_t j0 = 0; j0 < n; j0 += slab) {
+  const int64_t slabs = (n + slab - 1) / slab;
+  for (int64_t q = 0; q < slabs; ++q) {
+    const int64_t j0 = (reverse ? slabs - 1 - q : q) * slab;
     const int nj = static_cast<int>(n - j0 < slab ? n - j0 : slab);
     const T* wj = w + j0 * ldw;
     const T* bj = bias ? bias + j0 : nullptr;
+    // The slab `ahead` steps further along the walk, if it is a whole one.
+    const int64_t pf = reverse ? j0 - ahead * slab : j0 + ahead * slab;
+    const T* prefetch = pf >= 0 && pf + slab <= n ? w + pf * ldw : nullptr;
     for (int64_t i0 = 0; i0 < m; i0 += MI) {
       const int mi = static_cast<int>(m - i0 < MI ? m - i0 : MI);
       pick_dot_tile<Isa, T>(mi, nj, std::make_integer_sequence<int, NJ>{})(
           k, x + i0 * ldx, ldx, wj, ldw, c + i0 * ldc + j0, ldc, alpha, beta, bj,
-          i0 == 0 && j0 + (ahead + 1) * slab <= n ? wj + ahead * slab * ldw : nullptr);
+          i0 == 0 ? prefetch : nullptr);
     }
   }
 }
