@@ -182,13 +182,15 @@ struct StepWeights {
 };
 
 // dst (k, n) = src^T with its columns permuted: dst[kk * n + d] = src[src_of[d] * k + kk]
-// (src is (n, k) row-major). In width x width tiles: register transposes where the tile's n
-// source rows are consecutive (within one gate block of one thread slice), scalar elsewhere.
+// (src is (n, k) row-major), for the columns d in [d_begin, d_end) (d_begin a multiple of the
+// vector width). In width x width tiles: register transposes where the tile's source rows are
+// consecutive (within one gate block of one thread slice), scalar elsewhere.
 template <class Isa, class T>
-void permuted_transpose(const T* src, int64_t k, int64_t n, const int64_t* src_of, T* dst) {
+void permuted_transpose(const T* src, int64_t k, int64_t n, const int64_t* src_of, T* dst, int64_t d_begin,
+                        int64_t d_end) {
   constexpr int64_t W = Vec<Isa, T>::width;
-  for (int64_t d0 = 0; d0 < n; d0 += W) {
-    const int64_t d1 = std::min(n, d0 + W);
+  for (int64_t d0 = d_begin; d0 < d_end; d0 += W) {
+    const int64_t d1 = std::min(d_end, d0 + W);
     const bool consecutive = d1 - d0 == W && src_of[d1 - 1] == src_of[d0] + W - 1;
     int64_t k0 = 0;
     if (consecutive && TransposeBlock<Isa, T>::available) {
@@ -444,7 +446,6 @@ void rnn_forward(const RnnForwardArgs<T>& A) {
       }
     }
   }
-  permuted_transpose<Isa, T>(A.w_hh, H, GH, src_of.data(), wp);
   std::memcpy(hbuf, A.h0, sizeof(T) * B * H);
   if (lstm) std::memcpy(cstate, A.c0, sizeof(T) * B * H);
   const int64_t S = rnn_workspace_per_unit(A.cell) - 1 - (lstm ? 2 : 0);  // gate slots in ws
@@ -462,6 +463,9 @@ void rnn_forward(const RnnForwardArgs<T>& A) {
     T* hap = ha + static_cast<size_t>(p) * B * G * max_nj;
     T* abuf = packbuf + (ps.a + ps.b) * p;
     T* bbuf = abuf + ps.a;
+    // Each thread transposes its own columns of W_hh^T (the only ones it reads), so they are
+    // written into its own core's cache just before its time loop reads them every step.
+    permuted_transpose<Isa, T>(A.w_hh, H, GH, src_of.data(), wp, G * j0, G * (j0 + nj));
     const T* wblk = wp + G * j0;
     const T* wpacked = nj > 0 ? wsteps.pack(p, wblk, GH, H, G * nj) : nullptr;
     for (int64_t s = 0; s < T_; ++s) {
@@ -712,10 +716,10 @@ void lstm_proj_forward(const RnnForwardArgs<T>& A) {
     for (int64_t g = 0; g < G; ++g)
       for (int64_t jj = 0; jj < nj; ++jj) src_of[G * lo[p] + g * nj + jj] = g * H + lo[p] + jj;
   }
-  permuted_transpose<Isa, T>(A.w_hh, P, GH, src_of.data(), wp.get());
+  permuted_transpose<Isa, T>(A.w_hh, P, GH, src_of.data(), wp.get(), 0, GH);
   std::vector<int64_t> identity(static_cast<size_t>(P));
   std::iota(identity.begin(), identity.end(), int64_t(0));
-  permuted_transpose<Isa, T>(A.w_hr, H, P, identity.data(), whrT.get());
+  permuted_transpose<Isa, T>(A.w_hr, H, P, identity.data(), whrT.get(), 0, P);
   int64_t max_nj = 0, max_nq = 0;
   for (int p = 0; p < nt; ++p) {
     max_nj = std::max(max_nj, hi[p] - lo[p]);
