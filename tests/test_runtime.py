@@ -114,6 +114,70 @@ def test_omp_num_threads_is_honoured():
     assert result.stdout.strip() == "1"
 
 
+def test_omp_thread_limit_caps_the_thread_count():
+    result = run_python("import seqblocks; seqblocks.set_num_threads(4); print(seqblocks.get_num_threads())",
+                        {"OMP_THREAD_LIMIT": "1"})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "1"
+
+
+# Recurrent layers and the linear pair cut their work for exactly the threads they ask for;
+# with a team short of them (OMP_DYNAMIC=true under load, a thread limit) they used to return
+# NaN or garbage. SEQBLOCKS_TEST_SHORT_TEAM makes every such region behave as if short, so the
+# fallback (the op run again on one thread) must give exactly the one-thread numbers.
+_SHORT_TEAM_CODE = """
+import numpy as np, seqblocks
+from seqblocks import ops
+rng = np.random.default_rng(0)
+T, B, I, H, P = 5, 8, 24, 96, 40  # B G H^2 >= 2^16 multiply-adds per step: two threads
+x = rng.standard_normal((T, B, I)).astype(np.float32)
+lengths = np.array([5, 1, 3, 5, 2, 4, 5, 3])
+def w(*shape):
+    return (0.3 * rng.standard_normal(shape)).astype(np.float32)
+cases = {
+    "lstm": lambda: ops.lstm_layer_forward(x, None, None, w(4 * H, I), w(4 * H, H), w(4 * H), w(4 * H),
+                                           lengths=lengths),
+    "lstm_proj": lambda: ops.lstm_layer_forward(x, None, None, w(4 * H, I), w(4 * H, P), w(4 * H), w(4 * H),
+                                                w_hr=w(P, H)),
+    "gru": lambda: ops.gru_layer_forward(x, None, w(3 * H, I), w(3 * H, H), w(3 * H), w(3 * H), reverse=True),
+    "rnn": lambda: ops.rnn_layer_forward(x, None, w(H, I), w(H, H), w(H), w(H)),
+}
+backward = {"lstm": ops.lstm_layer_backward, "lstm_proj": ops.lstm_layer_backward,
+            "gru": ops.gru_layer_backward, "rnn": ops.rnn_layer_backward}
+results = {}
+for threads in (1, 2):
+    seqblocks.set_num_threads(threads)
+    rng = np.random.default_rng(1)
+    for name, run in cases.items():
+        outs, ws = run()
+        grads = tuple(np.ones_like(o) for o in outs)
+        results[name, threads] = [o for o in outs] + [g for g in backward[name](grads, ws) if g is not None]
+    xs = rng.standard_normal((512, 256)).astype(np.float32)
+    y, ws = ops.linear_forward(xs, w(256, 256), w(256))
+    results["linear", threads] = [y] + [g for g in ops.linear_backward(np.ones_like(y), ws) if g is not None]
+for key in [k for k in results if k[1] == 1]:
+    one, two = results[key], results[key[0], 2]
+    assert len(one) == len(two)
+    for a, b in zip(one, two):
+        assert np.isfinite(b).all(), key
+        np.testing.assert_array_equal(a, b, err_msg=str(key))
+print("ok")
+"""
+
+
+def test_short_team_fallback_gives_the_one_thread_numbers():
+    result = run_python(_SHORT_TEAM_CODE, {"SEQBLOCKS_TEST_SHORT_TEAM": "1"})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"
+
+
+def test_short_team_numbers_match_without_the_fallback():
+    """The same comparison without forcing: two threads give the one-thread bits anyway."""
+    result = run_python(_SHORT_TEAM_CODE)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"
+
+
 def _child_matmul(queue):
     a = np.ones((256, 256), np.float32)
     queue.put((seqblocks.get_num_threads(), float(seqblocks.ops.matmul(a, a)[0, 0]),

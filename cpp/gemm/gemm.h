@@ -46,6 +46,7 @@
 #include "gemm/workspace.h"
 #include "runtime/denormals.h"
 #include "runtime/kernel_table.h"
+#include "runtime/threads.h"
 #include "simd/vec.h"
 
 namespace seqblocks {
@@ -455,9 +456,15 @@ void gemm_pair(const GemmProblem<T>* first, const GemmProblem<T>* second, int nt
   {
     const int tid = omp_get_thread_num();
     try {
-      GemmProblem<T> q = tid == 0 ? *first : *second;
-      q.nthreads = 1;
-      gemm<Isa, T>(q);
+      // A team of one (OpenMP may start fewer threads than asked for): thread 0 computes both.
+      const bool short_team = omp_get_num_threads() < 2 || short_team_forced_for_tests();
+      for (const GemmProblem<T>* p : {first, second}) {
+        if (short_team ? tid == 0 : p == (tid == 0 ? first : second)) {
+          GemmProblem<T> q = *p;
+          q.nthreads = 1;
+          gemm<Isa, T>(q);
+        }
+      }
     } catch (...) {
       failed[tid] = std::current_exception();
     }

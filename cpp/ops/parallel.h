@@ -3,8 +3,13 @@
 // slice boundaries (and with them every per-element result) depend only on n, not on timing.
 #pragma once
 
+#include <omp.h>
+
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
+
+#include "runtime/threads.h"
 
 namespace seqblocks {
 
@@ -22,5 +27,28 @@ static inline int threads_for(int64_t work, int nt) {
   const int64_t useful = std::max<int64_t>(1, work / 32768);
   return static_cast<int>(std::min<int64_t>(nt, useful));
 }
+
+// Regions whose threads own slices cut beforehand for exactly nt threads, and meet at barriers,
+// cannot hand a missing thread's slice to another. OpenMP may start fewer threads than asked
+// for (OMP_DYNAMIC=true under load, a thread limit, a call from inside another parallel
+// region); then every thread of the team skips the work (all alike, so no barrier is left
+// waiting) and the caller runs the op again on one thread:
+//
+//   TeamCheck team;
+//   #pragma omp parallel num_threads(nt) if (nt > 1)
+//   if (!team.short_of(nt)) { ... }
+//   if (team.was_short()) return op(args on one thread);
+class TeamCheck {
+ public:
+  bool short_of(int nt) {
+    if (omp_get_num_threads() >= nt && !(nt > 1 && short_team_forced_for_tests())) return false;
+    short_.store(true, std::memory_order_relaxed);
+    return true;
+  }
+  bool was_short() const { return short_.load(std::memory_order_relaxed); }
+
+ private:
+  std::atomic<bool> short_{false};
+};
 
 }  // namespace seqblocks

@@ -213,6 +213,14 @@ inline void prefetch_l2(const T* p, int64_t n) {
   for (int64_t i = 0; i < n; i += kLine) __builtin_prefetch(p + i, 0, 2);
 }
 
+// The same arguments with one thread (see TeamCheck).
+template <class Args>
+Args on_one_thread(const Args& a) {
+  Args one = a;
+  one.nthreads = 1;
+  return one;
+}
+
 static inline bool row_active(const int64_t* lengths, int64_t b, int64_t t) {
   return lengths == nullptr || t < lengths[b];
 }
@@ -455,8 +463,9 @@ void rnn_forward(const RnnForwardArgs<T>& A) {
   T* ws_tc = A.ws && lstm ? ws_cprev + T_ * B * H : nullptr;
   const bool gh_bias = gru && A.b_hh;
 
+  TeamCheck team;
 #pragma omp parallel num_threads(nt) if (nt > 1)
-  {
+  if (!team.short_of(nt)) {
     DenormalsFlushed flush;
     const int p = omp_get_thread_num();
     const int64_t j0 = lo[p], nj = hi[p] - lo[p];
@@ -506,6 +515,7 @@ void rnn_forward(const RnnForwardArgs<T>& A) {
 #pragma omp barrier
     }
   }
+  if (team.was_short()) return rnn_forward<Isa, T>(on_one_thread(A));
   std::memcpy(A.h_n, hbuf + (T_ & 1) * B * H, sizeof(T) * B * H);
   if (lstm) std::memcpy(A.c_n, cstate, sizeof(T) * B * H);
 }
@@ -613,8 +623,9 @@ void rnn_backward(const RnnBackwardArgs<T>& A) {
   if (lstm) std::memcpy(dc, A.dc_n, sizeof(T) * B * H);
   const T* dA_h = gru ? dah : da;
 
+  TeamCheck team;
 #pragma omp parallel num_threads(nt) if (nt > 1)
-  {
+  if (!team.short_of(nt)) {
     DenormalsFlushed flush;
     const int p = omp_get_thread_num();
     const int64_t j0 = lo[p], nj = hi[p] - lo[p];
@@ -667,6 +678,7 @@ void rnn_backward(const RnnBackwardArgs<T>& A) {
       // of da, so no second barrier is needed here.
     }
   }
+  if (team.was_short()) return rnn_backward<Isa, T>(on_one_thread(A));
   std::memcpy(A.dh0, dh, sizeof(T) * B * H);
   if (lstm) std::memcpy(A.dc0, dc, sizeof(T) * B * H);
   const int64_t R = T_ * B;
@@ -740,8 +752,9 @@ void lstm_proj_forward(const RnnForwardArgs<T>& A) {
   T* ws_tc = A.ws ? ws_cprev + T_ * B * H : nullptr;
   T* ws_hraw = A.ws ? ws_tc + T_ * B * H : nullptr;
 
+  TeamCheck team;
 #pragma omp parallel num_threads(nt) if (nt > 1)
-  {
+  if (!team.short_of(nt)) {
     DenormalsFlushed flush;
     const int p = omp_get_thread_num();
     const int64_t j0 = lo[p], nj = hi[p] - lo[p], q0 = qlo[p], nq = qhi[p] - qlo[p];
@@ -794,6 +807,7 @@ void lstm_proj_forward(const RnnForwardArgs<T>& A) {
 #pragma omp barrier
     }
   }
+  if (team.was_short()) return lstm_proj_forward<Isa, T>(on_one_thread(A));
   std::memcpy(A.h_n, hbuf.data() + (T_ & 1) * B * P, sizeof(T) * B * P);
   std::memcpy(A.c_n, cstate.data(), sizeof(T) * B * H);
 }
@@ -828,8 +842,9 @@ void lstm_proj_backward(const RnnBackwardArgs<T>& A) {
   const size_t pa = std::max(ps1.a, ps2.a), pb = std::max(ps1.b, ps2.b);
   std::vector<T> packbuf((pa + pb) * nt + 64);
 
+  TeamCheck team;
 #pragma omp parallel num_threads(nt) if (nt > 1)
-  {
+  if (!team.short_of(nt)) {
     DenormalsFlushed flush;
     const int p = omp_get_thread_num();
     const int64_t j0 = lo[p], nj = hi[p] - lo[p], q0 = qlo[p], nq = qhi[p] - qlo[p];
@@ -877,6 +892,7 @@ void lstm_proj_backward(const RnnBackwardArgs<T>& A) {
       // (0) of the next step touches only own columns of dh and another time row of dseq.
     }
   }
+  if (team.was_short()) return lstm_proj_backward<Isa, T>(on_one_thread(A));
   std::memcpy(A.dh0, dh.data(), sizeof(T) * B * P);
   std::memcpy(A.dc0, dc.data(), sizeof(T) * B * H);
   const int64_t R = T_ * B;

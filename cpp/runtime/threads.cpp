@@ -2,7 +2,9 @@
 
 #include <pthread.h>
 
+#include <algorithm>
 #include <atomic>
+#include <cstdlib>
 #include <stdexcept>
 #include <string>
 
@@ -25,12 +27,23 @@ const ForkHandlerRegistration g_fork_handler_registration;
 
 bool in_forked_child() { return g_forked_child.load(); }
 
+bool short_team_forced_for_tests() {
+  static const bool forced = std::getenv("SEQBLOCKS_TEST_SHORT_TEAM") != nullptr;
+  return forced;
+}
+
 int num_threads() {
   if (in_forked_child()) return 1;
   const int requested = g_requested_threads.load();
-  if (requested > 0) return requested;
   const int omp_default = omp_get_max_threads();
-  return omp_default > 0 ? omp_default : 1;
+  int n = requested > 0 ? requested : std::max(omp_default, 1);
+  // No region gets more than OMP_THREAD_LIMIT threads, and one opened inside an active region
+  // past the allowed nesting runs on one. (Kernels also survive a smaller team than asked for;
+  // this keeps them from having to.)
+  const int limit = omp_get_thread_limit();
+  if (limit > 0) n = std::min(n, limit);
+  if (omp_get_active_level() >= omp_get_max_active_levels()) n = 1;
+  return n;
 }
 
 void set_num_threads(int n) {
