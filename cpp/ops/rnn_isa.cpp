@@ -232,8 +232,9 @@ int rnn_threads(int64_t H, int64_t B, int64_t G, int nthreads) {
   constexpr int64_t W = Vec<Isa, T>::width;
   const int64_t blocks = (H + W - 1) / W;
   // One step must carry enough multiply-adds to pay for a barrier: below 2^16 (about 2 us on one
-  // core) a second thread loses more at the barrier than it saves (measured, OMP_WAIT_POLICY both
-  // ways, LSTM B=1 H=128: 2 threads win by ~15% with spinning, lose by ~30% with passive waits).
+  // core) a second thread loses more at the barrier than it saves (measured with `omp barrier`,
+  // OMP_WAIT_POLICY both ways, LSTM B=1 H=128: 2 threads won by ~15% with spinning, lost by ~30%
+  // with passive waits; StepBarrier always spins first).
   const int64_t macs = B * G * H * H;
   int nt = static_cast<int>(std::min<int64_t>(nthreads, blocks));
   if (macs < 64 * 1024) nt = 1;
@@ -464,6 +465,7 @@ void rnn_forward(const RnnForwardArgs<T>& A) {
   const bool gh_bias = gru && A.b_hh;
 
   TeamCheck team;
+  StepBarrier step_barrier(nt);
 #pragma omp parallel num_threads(nt) if (nt > 1)
   if (!team.short_of(nt)) {
     DenormalsFlushed flush;
@@ -512,7 +514,7 @@ void rnn_forward(const RnnForwardArgs<T>& A) {
           }
         }
       }
-#pragma omp barrier
+      step_barrier.wait();
     }
   }
   if (team.was_short()) return rnn_forward<Isa, T>(on_one_thread(A));
@@ -624,6 +626,7 @@ void rnn_backward(const RnnBackwardArgs<T>& A) {
   const T* dA_h = gru ? dah : da;
 
   TeamCheck team;
+  StepBarrier step_barrier(nt);
 #pragma omp parallel num_threads(nt) if (nt > 1)
   if (!team.short_of(nt)) {
     DenormalsFlushed flush;
@@ -656,7 +659,7 @@ void rnn_backward(const RnnBackwardArgs<T>& A) {
           }
         }
       }
-#pragma omp barrier
+      step_barrier.wait();
       if (nj > 0) {
         // dh[:, own] = dA_h[t] (B, G H) @ W_hh[:, own] (G H, nj)  (+ d z for GRU); inactive rows keep dh.
         const GemmView<T> v{B, nj, GH, dA_h + t * B * GH, GH, false, A.w_hh + j0, H, false, tp, nj, T(1), T(0),
@@ -753,6 +756,7 @@ void lstm_proj_forward(const RnnForwardArgs<T>& A) {
   T* ws_hraw = A.ws ? ws_tc + T_ * B * H : nullptr;
 
   TeamCheck team;
+  StepBarrier step_barrier(nt);
 #pragma omp parallel num_threads(nt) if (nt > 1)
   if (!team.short_of(nt)) {
     DenormalsFlushed flush;
@@ -785,7 +789,7 @@ void lstm_proj_forward(const RnnForwardArgs<T>& A) {
                                  true);
         }
       }
-#pragma omp barrier
+      step_barrier.wait();
       if (nq > 0) {
         const GemmView<T> v{B, nq, H, hraw.data(), H, false, whrT.get() + q0, P, false, hqp, nq, T(1), T(0),
                             nullptr};
@@ -804,7 +808,7 @@ void lstm_proj_forward(const RnnForwardArgs<T>& A) {
           }
         }
       }
-#pragma omp barrier
+      step_barrier.wait();
     }
   }
   if (team.was_short()) return lstm_proj_forward<Isa, T>(on_one_thread(A));
@@ -843,6 +847,7 @@ void lstm_proj_backward(const RnnBackwardArgs<T>& A) {
   std::vector<T> packbuf((pa + pb) * nt + 64);
 
   TeamCheck team;
+  StepBarrier step_barrier(nt);
 #pragma omp parallel num_threads(nt) if (nt > 1)
   if (!team.short_of(nt)) {
     DenormalsFlushed flush;
@@ -863,7 +868,7 @@ void lstm_proj_backward(const RnnBackwardArgs<T>& A) {
           std::fill(d, d + nq, T(0));
         }
       }
-#pragma omp barrier
+      step_barrier.wait();
       if (nj > 0) {  // (1) dh_raw (B, own units) = d (B, P) W_hr[:, own]; gate gradients
         const GemmView<T> v{B, nj, P, dseq.get() + t * B * P, P, false, A.w_hr + j0, H, false, draw.data() + j0, H,
                             T(1), T(0), nullptr};
@@ -880,7 +885,7 @@ void lstm_proj_backward(const RnnBackwardArgs<T>& A) {
                                 ws_cprev + row * H, ws_tc + row * H, H, nj, j0, dar);
         }
       }
-#pragma omp barrier
+      step_barrier.wait();
       if (nq > 0) {  // (2) dh[:, own columns] = dA (B, 4H) W_hh[:, own columns]
         const GemmView<T> v{B, nq, GH, da.get() + t * B * GH, GH, false, A.w_hh + q0, P, false, tqp, nq, T(1),
                             T(0), nullptr};
