@@ -625,15 +625,18 @@ class Function:
     def apply(cls, *args):
         ctx = _Context()
         ctx._fn = cls
+        if not _grad_mode.enabled:  # inference: no edges to record
+            ctx.needs_input_grad = (False,) * len(args)
+            ctx.needs_grad = False
+            return _wrap(cls.forward(ctx, *[a.data if isinstance(a, Tensor) else a for a in args]), ctx, False)
         arrays = []
         needs = []
         edges = []
         requires = False
-        grad_on = _grad_mode.enabled
         for a in args:
             if isinstance(a, Tensor):
                 arrays.append(a.data)
-                if grad_on and a._requires_grad:
+                if a._requires_grad:
                     requires = True
                     needs.append(True)
                     node = a._node

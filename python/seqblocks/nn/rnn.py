@@ -185,8 +185,12 @@ class RNNBase(Module):
             if self.dropout > 0 and self.training and layer < self.num_layers - 1:
                 layer_in = F.dropout(layer_in, self.dropout, True)
         output = layer_in
-        h_n = stack(h_out, 0)
-        c_n = stack(c_out, 0) if is_lstm else None
+        if len(h_out) == 1:  # one layer, one direction: a view, cheaper than a stack of one
+            h_n = h_out[0].unsqueeze(0)
+            c_n = c_out[0].unsqueeze(0) if is_lstm else None
+        else:
+            h_n = stack(h_out, 0)
+            c_n = stack(c_out, 0) if is_lstm else None
         if unbatched:
             output = output.squeeze(1)
             h_n = h_n.squeeze(1)
