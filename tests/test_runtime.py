@@ -171,8 +171,8 @@ def test_short_team_fallback_gives_the_one_thread_numbers():
     assert result.stdout.strip() == "ok"
 
 
-def test_short_team_numbers_match_without_the_fallback():
-    """The same comparison without forcing: two threads give the one-thread bits anyway."""
+def test_recurrent_layers_and_linear_pair_give_one_thread_bits_at_two_threads():
+    """The same comparison without forcing the fallback: two threads give the one-thread bits."""
     result = run_python(_SHORT_TEAM_CODE)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "ok"
