@@ -321,8 +321,8 @@ void gemm_dot(const GemmProblem<T>& p, int nt) {
 #pragma omp parallel num_threads(nt) if (nt > 1)
   {
     DenormalsFlushed flush;
-    int64_t j0 = 0, j1 = p.n;
-    if (nt > 1) gemm_split_range(p.n, GemmTraits<Isa, T>::DOT_NJ, omp_get_num_threads(), omp_get_thread_num(), &j0, &j1);
+    int64_t j0, j1;  // this thread's run of W rows (all of them in a team of one)
+    gemm_split_range(p.n, GemmTraits<Isa, T>::DOT_NJ, omp_get_num_threads(), omp_get_thread_num(), &j0, &j1);
     if (j0 < j1) {
       const GemmView<T> s = v.sub(0, p.m, j0, j1);
       dot_gemm<Isa, T>(s.m, s.n, s.k, s.a, s.lda, s.b, s.ldb, s.c, s.ldc, s.alpha, s.beta, s.bias, reverse);

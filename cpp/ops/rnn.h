@@ -16,9 +16,9 @@
 // Work: the input projection of all steps is one GEMM; the time loop is one parallel region in
 // which thread p owns hidden units [j0, j1): per step it multiplies h by its own rows of W_hh
 // (permuted so its G gate blocks are contiguous, one GEMM), applies the fused gate kernel to
-// its units and meets the others at one barrier (h is double-buffered; a spinning StepBarrier,
-// ops/parallel.h, cheaper than `omp barrier` at these rates). Backward mirrors it:
-// per step the fused gate-gradient kernel on owned units, a barrier, then dh for owned columns
+// its units and meets the others at one barrier (h is double-buffered; a StepBarrier from
+// ops/parallel.h, which spins, then sleeps). Backward mirrors it: per step the fused
+// gate-gradient kernel on owned units, a barrier, then dh for owned columns
 // = dA_h W_hh[:, j0:j1]; after the loop dx, dW_ih, dW_hh are three large GEMMs and the bias
 // gradients column sums (rows summed in order: results do not depend on the thread count).
 //
