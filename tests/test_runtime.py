@@ -132,6 +132,9 @@ rng = np.random.default_rng(0)
 T, B, I, H, P = 5, 8, 24, 96, 40  # B G H^2 >= 2^16 multiply-adds per step: two threads
 x = rng.standard_normal((T, B, I)).astype(np.float32)
 lengths = np.array([5, 1, 3, 5, 2, 4, 5, 3])
+# 11 rows: at two threads each takes whole rows (5 and 6) instead of a slice of the units.
+xr = rng.standard_normal((T, 11, I)).astype(np.float32)
+lengths_r = np.array([5, 1, 3, 5, 2, 4, 5, 3, 5, 4, 2])
 def w(*shape):
     return (0.3 * rng.standard_normal(shape)).astype(np.float32)
 cases = {
@@ -141,9 +144,15 @@ cases = {
                                                 w_hr=w(P, H)),
     "gru": lambda: ops.gru_layer_forward(x, None, w(3 * H, I), w(3 * H, H), w(3 * H), w(3 * H), reverse=True),
     "rnn": lambda: ops.rnn_layer_forward(x, None, w(H, I), w(H, H), w(H), w(H)),
+    "lstm_rows": lambda: ops.lstm_layer_forward(xr, None, None, w(4 * H, I), w(4 * H, H), w(4 * H), w(4 * H),
+                                                lengths=lengths_r),
+    "gru_rows": lambda: ops.gru_layer_forward(xr, None, w(3 * H, I), w(3 * H, H), w(3 * H), w(3 * H),
+                                              lengths=lengths_r, reverse=True),
+    "rnn_rows": lambda: ops.rnn_layer_forward(xr, None, w(H, I), w(H, H), w(H), w(H), nonlinearity="relu"),
 }
 backward = {"lstm": ops.lstm_layer_backward, "lstm_proj": ops.lstm_layer_backward,
             "gru": ops.gru_layer_backward, "rnn": ops.rnn_layer_backward}
+backward.update({name + "_rows": backward[name] for name in ("lstm", "gru", "rnn")})
 results = {}
 for threads in (1, 2):
     seqblocks.set_num_threads(threads)

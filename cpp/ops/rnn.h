@@ -13,14 +13,18 @@
 // inactive row carries its state unchanged and outputs 0 (PackedSequence numbers at padded
 // shapes). `reverse` runs t = T-1 .. 0.
 //
-// Work: the input projection of all steps is one GEMM; the time loop is one parallel region in
-// which thread p owns hidden units [j0, j1): per step it multiplies h by its own rows of W_hh
-// (permuted so its G gate blocks are contiguous, one GEMM), applies the fused gate kernel to
-// its units and meets the others at one barrier (h is double-buffered; a StepBarrier from
-// ops/parallel.h, which spins, then sleeps). Backward mirrors it: per step the fused
-// gate-gradient kernel on owned units, a barrier, then dh for owned columns
-// = dA_h W_hh[:, j0:j1]; after the loop dx, dW_ih, dW_hh are three large GEMMs and the bias
-// gradients column sums (rows summed in order: results do not depend on the thread count).
+// Work: the input projection of all steps is one GEMM; the time loop is one parallel region.
+// With at least 5 batch rows per thread and a W_hh that fits one core's L2, thread p owns batch
+// rows [r0, r1) and all units: per step it multiplies its rows of h by all of W_hh (one GEMM
+// against its own packed copy) and applies the fused gate kernel, with no barrier -- rows never
+// depend on each other. Otherwise thread p owns hidden units [j0, j1): per step it multiplies h
+// by its own rows of W_hh (permuted so its G gate blocks are contiguous, one GEMM), applies the
+// fused gate kernel to its units and meets the others at one barrier (h is double-buffered; a
+// StepBarrier from ops/parallel.h, which spins, then sleeps). Backward mirrors it: per step the
+// fused gate-gradient kernel on owned rows or units, a barrier (units split only), then dh for
+// owned rows or columns = dA_h W_hh[:, j0:j1]; after the loop dx, dW_ih, dW_hh are three large
+// GEMMs and the bias gradients column sums (rows summed in order: results do not depend on the
+// thread count).
 //
 // Workspace (training mode), per time index t, of rnn_workspace_elems(cell, T, B, H) elements:
 //   gates (T, B, S H): LSTM [i f g o] activations (S = 4), GRU [r z n a_h,n] (S = 4), RNN h' (S = 1)
