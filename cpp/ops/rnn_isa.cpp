@@ -741,10 +741,16 @@ void rnn_backward(const RnnBackwardArgs<T>& A) {
   if (lstm) std::memcpy(A.dc0, dc, sizeof(T) * B * H);
   const int64_t R = T_ * B;
   // dx (T B, I) = dA_x W_ih;  dW_ih = dA_x^T x;  dW_hh = dA_h^T hprev;  biases: column sums.
-  // (Running the first two one per thread, as the linear pair does, measured no faster here.)
+  // The two weight gradients (G H x I and G H x H, k = T B) run as a pair: at two threads each
+  // whole on its own core, nothing split (T=64 B=32 I=H=256, 2 threads, whole backward: RNN
+  // 4.08 -> 3.83 ms, GRU 12.09 -> 11.75, LSTM even; pairing dx with dW_ih measured no faster).
   gemm_full<Isa, T>(R, I, GH, da, GH, false, A.w_ih, I, false, A.dx, I, nullptr, A.nthreads);
-  gemm_full<Isa, T>(GH, I, R, da, GH, true, A.x, I, false, A.dw_ih, I, nullptr, A.nthreads);
-  gemm_full<Isa, T>(GH, H, R, dA_h, GH, true, ws_hprev, H, false, A.dw_hh, H, nullptr, A.nthreads);
+  GemmProblem<T> dw_ih, dw_hh;
+  dw_ih.m = GH, dw_ih.n = I, dw_ih.k = R, dw_ih.a = da, dw_ih.lda = GH, dw_ih.trans_a = true;
+  dw_ih.b = A.x, dw_ih.ldb = I, dw_ih.c = A.dw_ih, dw_ih.ldc = I;
+  dw_hh.m = GH, dw_hh.n = H, dw_hh.k = R, dw_hh.a = dA_h, dw_hh.lda = GH, dw_hh.trans_a = true;
+  dw_hh.b = ws_hprev, dw_hh.ldb = H, dw_hh.c = A.dw_hh, dw_hh.ldc = H;
+  gemm_pair<Isa, T>(&dw_ih, &dw_hh, A.nthreads);
   column_sums<Isa, T>(da, R, GH, A.db_ih, A.nthreads);
   if (gru) {
     column_sums<Isa, T>(dah, R, GH, A.db_hh, A.nthreads);
