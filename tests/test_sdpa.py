@@ -99,6 +99,75 @@ def test_native_matches_reference(isa, rng, dtype, shape, mask_kind):
     check_against_reference(out, ref_out, q, k, v, mask, causal, dout, grads[:3], ref_grads)
 
 
+# Heads read in place: q from a packed (B, L, 3, H, E) projection, k and v from a (B, S, 2, H, Ev)
+# one (as multi-head attention makes them), with the output merged to (B, L, H Ev) or not.
+HEAD_SHAPES = [(1, 1, 1, 1, 1), (2, 3, 7, 5, 16), (2, 17, 31, 3, 33), (1, 65, 129, 2, 64), (1, 9, 130, 1, 400)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", HEAD_SHAPES)
+@pytest.mark.parametrize("mask_kind", MASKS)
+def test_heads_read_in_place_give_the_contiguous_bits(isa, rng, dtype, shape, mask_kind):
+    """Without autograd 4-D views are read with their strides (no copy) and the merged output is
+    written directly; every number equals the contiguous path's, and the reference agrees."""
+    B, L, S, H, E = shape
+    proj = rng.standard_normal((B, L, 3, H, E)).astype(dtype)
+    mem = rng.standard_normal((B, S, 2, H, E)).astype(dtype)
+    q = proj[:, :, 0].transpose(0, 2, 1, 3)
+    k, v = (mem[:, :, i].transpose(0, 2, 1, 3) for i in range(2))
+    _, _, _, mask = make_inputs(rng, (B, H), L, S, E, E, dtype, mask_kind)
+    causal = mask_kind == "causal"
+    contiguous, _ = ops.sdpa_forward(*map(np.ascontiguousarray, (q, k, v)), mask, causal, needs_grad=False)
+    out, ws = ops.sdpa_forward(q, k, v, mask, causal, needs_grad=False)
+    assert ws is None
+    np.testing.assert_array_equal(out, contiguous)
+    merged, _ = ops.sdpa_forward(q, k, v, mask, causal, needs_grad=False, merge_heads=True)
+    assert merged.shape == (B, L, H * E)
+    np.testing.assert_array_equal(merged, contiguous.transpose(0, 2, 1, 3).reshape(B, L, H * E))
+    with seqblocks.backend("numpy"):
+        ref, _ = ops.sdpa_forward(q, k, v, mask, causal, needs_grad=False, merge_heads=True)
+    dout = np.zeros((B, H, L, E), dtype)
+    ref_out, _ = reference64(q, k, v, mask, causal, dout)
+    check_against_reference(merged.reshape(B, L, H, E).transpose(0, 2, 1, 3), ref_out, q, k, v, mask, causal, dout)
+    np.testing.assert_allclose(ref, ref_out.transpose(0, 2, 1, 3).reshape(B, L, H * E),
+                               rtol=1e-5 if dtype == np.float32 else 1e-12, atol=1e-5 if dtype == np.float32 else 1e-12)
+
+
+@pytest.mark.parametrize("backend", ["native", "numpy"])
+def test_merge_heads_with_autograd_backward(rng, backend):
+    """With needs_grad the merged output's gradient (B, L, H Ev) reaches q, k, v as if the merge
+    were a separate transpose."""
+    B, L, S, H, E = 2, 5, 7, 3, 4
+    q, k, v, _ = make_inputs(rng, (B, H), L, S, E, E, np.float64, "none")
+    with seqblocks.backend(backend):
+        merged, ws = ops.sdpa_forward(q, k, v, merge_heads=True)
+        out, ws_plain = ops.sdpa_forward(q, k, v)
+        np.testing.assert_array_equal(merged, out.transpose(0, 2, 1, 3).reshape(B, L, H * E))
+        g = rng.standard_normal(merged.shape)
+        grads = ops.sdpa_backward(g, ws)
+        plain = ops.sdpa_backward(g.reshape(B, L, H, E).transpose(0, 2, 1, 3), ws_plain)
+        for a, b in zip(grads[:3], plain[:3]):
+            np.testing.assert_array_equal(a, b)
+        with pytest.raises(ValueError, match="grad_output"):
+            ops.sdpa_backward(np.zeros((B, H, L, E)), ws)
+
+
+def test_merge_heads_needs_four_dims(rng):
+    q, k, v, _ = make_inputs(rng, (2,), 3, 4, 5, 5, np.float32, "none")
+    with pytest.raises(ValueError, match="merge_heads: expected 4-D"):
+        ops.sdpa_forward(q, k, v, merge_heads=True)
+
+
+def test_heads_with_negative_strides_are_copied(rng):
+    """A view the kernel cannot walk (a reversed axis) is copied first: the same numbers."""
+    q, k, v, _ = make_inputs(rng, (2, 3), 6, 5, 8, 8, np.float32, "none")
+    out, _ = ops.sdpa_forward(q[:, ::-1], k[:, ::-1], v[:, ::-1], needs_grad=False)
+    ref, _ = ops.sdpa_forward(*map(np.ascontiguousarray, (q[:, ::-1], k[:, ::-1], v[:, ::-1])), needs_grad=False)
+    np.testing.assert_array_equal(out, ref)
+    with pytest.raises(ValueError, match="q: expected non-negative strides"):
+        _core.sdpa_forward(q[:, ::-1], k, v, None, None, 0, 0, False, 1.0, 0.0, 0, True)
+
+
 @pytest.mark.parametrize("mask_shape", [(5, 9), (1, 9), (5, 1), (3, 1, 5, 9), (1, 2, 5, 9), (2, 1, 9)])
 def test_broadcast_masks(rng, mask_shape):
     q, k, v, mask = make_inputs(rng, (3, 2), 5, 9, 8, 4, np.float64, "float", mask_shape)

@@ -46,19 +46,29 @@ struct Common {
   int64_t n, l, s, e, ev;
 };
 
-// q, k, v shapes and the optional mask's bounds (every (n, i, j) it addresses lies inside it).
+// q, k, v shapes -- (N, len, features), or with heads (B, H, len, features): N = B H -- and the
+// optional mask's bounds (every (n, i, j) it addresses lies inside it).
 Common check_common(const py::array& q, const py::array& k, const py::array& v, const std::optional<py::array>& mask,
-                    const std::optional<py::array>& mask_off, int64_t sl, int64_t ss, DType t) {
-  check_3d(q, "q");
-  check_3d(k, "k");
-  check_3d(v, "v");
+                    const std::optional<py::array>& mask_off, int64_t sl, int64_t ss, DType t, bool heads = false) {
+  const int nd = heads ? 4 : 3;
+  for (const auto& [a, name] : {std::pair<const py::array&, const char*>{q, "q"}, {k, "k"}, {v, "v"}}) {
+    if (a.ndim() != nd) {
+      throw std::invalid_argument(std::string(name) + (heads ? ": expected a 4-D array (B, H, len, features)"
+                                                             : ": expected a 3-D array (N, len, features)") +
+                                  ", got shape " + shape_str(a));
+    }
+  }
   check_dtype(k, "k", t);
   check_dtype(v, "v", t);
-  Common c{q.shape(0), q.shape(1), k.shape(1), q.shape(2), v.shape(2)};
-  check_dim(k, "k", 0, c.n, "q's N");
-  check_dim(k, "k", 2, c.e, "q's head size");
-  check_dim(v, "v", 0, c.n, "q's N");
-  check_dim(v, "v", 1, c.s, "k's source length");
+  const int lead = nd - 2;  // axes before (len, features)
+  for (int ax = 0; ax < lead; ++ax) {
+    check_dim(k, "k", ax, q.shape(ax), "q's leading dims");
+    check_dim(v, "v", ax, q.shape(ax), "q's leading dims");
+  }
+  const int64_t n = heads ? checked_mul(q.shape(0), q.shape(1), "B H") : q.shape(0);
+  Common c{n, q.shape(lead), k.shape(lead), q.shape(lead + 1), v.shape(lead + 1)};
+  check_dim(k, "k", lead + 1, c.e, "q's head size");
+  check_dim(v, "v", lead, c.s, "k's source length");
   if (mask.has_value() != mask_off.has_value()) {
     throw std::invalid_argument("mask_offsets: expected an array exactly when mask is given");
   }
@@ -83,12 +93,16 @@ Common check_common(const py::array& q, const py::array& k, const py::array& v, 
 }
 
 template <class T>
-SdpaArgs<T> make_args(const Common& c, const CArray<T>& q, const CArray<T>& k, const CArray<T>& v,
+SdpaArgs<T> make_args(const Common& c, const T* q, const T* k, const T* v,
                       const std::optional<CArray<T>>& mask, const std::optional<IArray>& off, int64_t sl, int64_t ss,
                       bool causal, double scale, double p, uint64_t seed) {
   SdpaArgs<T> a;
   a.n = c.n; a.l = c.l; a.s = c.s; a.e = c.e; a.ev = c.ev;
-  a.q = q.data(); a.k = k.data(); a.v = v.data();
+  a.q = q; a.k = k; a.v = v;
+  a.q_at = SdpaLayout::contiguous(c.l, c.e);
+  a.k_at = SdpaLayout::contiguous(c.s, c.e);
+  a.v_at = SdpaLayout::contiguous(c.s, c.ev);
+  a.out_at = SdpaLayout::contiguous(c.l, c.ev);
   if (mask) {
     a.mask = mask->data();
     a.mask_off = off->data();
@@ -103,11 +117,34 @@ SdpaArgs<T> make_args(const Common& c, const CArray<T>& q, const CArray<T>& k, c
   return a;
 }
 
+// The layout of a (B, H, len, features) view read in place: non-negative strides, rows
+// contiguous (the Python layer copies anything else).
+template <class T>
+SdpaLayout heads_layout(const py::array& a, const char* name) {
+  constexpr int64_t item = sizeof(T);
+  for (int ax = 0; ax < 4; ++ax) {
+    if (a.strides(ax) < 0 || a.strides(ax) % item != 0) {
+      throw std::invalid_argument(std::string(name) + ": expected non-negative strides in whole elements, got " +
+                                  std::to_string(a.strides(ax)) + " bytes on axis " + std::to_string(ax));
+    }
+  }
+  if (a.shape(3) > 1 && a.strides(3) != item) {
+    throw std::invalid_argument(std::string(name) + ": expected contiguous rows (last stride " +
+                                std::to_string(item) + " bytes), got " + std::to_string(a.strides(3)));
+  }
+  return {a.strides(0) / item, a.strides(1) / item, a.strides(2) / item};
+}
+
+// 3-D q, k, v: contiguous (copied if not), out (N, L, Ev). 4-D (B, H, ...) q, k, v: read in place
+// with their strides; out (B H, L, Ev), or with merge_heads (B, L, H Ev) -- the heads merged.
 template <class T>
 py::tuple forward(const py::array& q_arr, const py::array& k_arr, const py::array& v_arr,
                   const std::optional<py::array>& mask_arr, const std::optional<py::array>& off_arr, int64_t sl,
-                  int64_t ss, bool causal, double scale, double p, uint64_t seed, const Common& c) {
-  CArray<T> q = CArray<T>::ensure(q_arr), k = CArray<T>::ensure(k_arr), v = CArray<T>::ensure(v_arr);
+                  int64_t ss, bool causal, double scale, double p, uint64_t seed, bool merge_heads, const Common& c) {
+  const bool heads = q_arr.ndim() == 4;
+  if (merge_heads && !heads) throw std::invalid_argument("merge_heads: expected 4-D (B, H, L, E) q, k and v");
+  std::optional<CArray<T>> q, k, v;
+  if (!heads) q = CArray<T>::ensure(q_arr), k = CArray<T>::ensure(k_arr), v = CArray<T>::ensure(v_arr);
   std::optional<CArray<T>> mask;
   std::optional<IArray> off;
   if (mask_arr) {
@@ -115,9 +152,21 @@ py::tuple forward(const py::array& q_arr, const py::array& k_arr, const py::arra
     off = IArray::ensure(*off_arr);
   }
   checked_mul(checked_mul(c.n, c.l, "out size"), c.ev, "out size");
-  auto out = new_output<T, py::array::c_style | py::array::forcecast>({c.n, c.l, c.ev});
+  const int64_t B = heads ? q_arr.shape(0) : c.n, H = heads ? q_arr.shape(1) : 1;
+  auto out = merge_heads ? new_output<T, py::array::c_style | py::array::forcecast>({B, c.l, H * c.ev})
+                         : new_output<T, py::array::c_style | py::array::forcecast>({c.n, c.l, c.ev});
   auto stats = new_output<T, py::array::c_style | py::array::forcecast>({c.n, c.l, 2});
-  SdpaArgs<T> a = make_args<T>(c, q, k, v, mask, off, sl, ss, causal, scale, p, seed);
+  SdpaArgs<T> a = heads ? make_args<T>(c, static_cast<const T*>(q_arr.data()), static_cast<const T*>(k_arr.data()),
+                                       static_cast<const T*>(v_arr.data()), mask, off, sl, ss, causal, scale, p, seed)
+                        : make_args<T>(c, q->data(), k->data(), v->data(), mask, off, sl, ss, causal, scale, p, seed);
+  if (heads) {
+    a.heads = H;
+    a.q_at = heads_layout<T>(q_arr, "q");
+    a.k_at = heads_layout<T>(k_arr, "k");
+    a.v_at = heads_layout<T>(v_arr, "v");
+    if (merge_heads) a.out_at = {c.l * H * c.ev, c.ev, H * c.ev};
+    else a.out_at = {H * c.l * c.ev, c.l * c.ev, c.ev};
+  }
   a.out = out.mutable_data();
   a.stats = stats.mutable_data();
   {
@@ -144,7 +193,7 @@ py::tuple backward(const py::array& dout_arr, const py::array& q_arr, const py::
   auto dq = new_output<T, py::array::c_style | py::array::forcecast>({c.n, c.l, c.e});
   auto dk = new_output<T, py::array::c_style | py::array::forcecast>({c.n, c.s, c.e});
   auto dv = new_output<T, py::array::c_style | py::array::forcecast>({c.n, c.s, c.ev});
-  SdpaArgs<T> a = make_args<T>(c, q, k, v, mask, off, sl, ss, causal, scale, p, seed);
+  SdpaArgs<T> a = make_args<T>(c, q.data(), k.data(), v.data(), mask, off, sl, ss, causal, scale, p, seed);
   a.out = const_cast<T*>(out.data());  // read only in the backward
   a.stats = const_cast<T*>(stats.data());
   a.dout = dout.data();
@@ -169,16 +218,19 @@ SEQBLOCKS_BINDINGS(attention) {
       "sdpa_forward",
       [](const py::array& q, const py::array& k, const py::array& v, std::optional<py::array> mask,
          std::optional<py::array> mask_offsets, int64_t sl, int64_t ss, bool causal, double scale, double p,
-         uint64_t seed) {
+         uint64_t seed, bool merge_heads) {
         const DType t = float_dtype_of(q, "q");
-        const Common c = check_common(q, k, v, mask, mask_offsets, sl, ss, t);
-        return t == DType::f32 ? forward<float>(q, k, v, mask, mask_offsets, sl, ss, causal, scale, p, seed, c)
-                               : forward<double>(q, k, v, mask, mask_offsets, sl, ss, causal, scale, p, seed, c);
+        const Common c = check_common(q, k, v, mask, mask_offsets, sl, ss, t, q.ndim() == 4);
+        return t == DType::f32
+                   ? forward<float>(q, k, v, mask, mask_offsets, sl, ss, causal, scale, p, seed, merge_heads, c)
+                   : forward<double>(q, k, v, mask, mask_offsets, sl, ss, causal, scale, p, seed, merge_heads, c);
       },
       py::arg("q").noconvert(), py::arg("k").noconvert(), py::arg("v").noconvert(), py::arg("mask").none(true),
       py::arg("mask_offsets").none(true), py::arg("mask_row_stride"), py::arg("mask_col_stride"), py::arg("causal"),
-      py::arg("scale"), py::arg("dropout_p"), py::arg("seed"),
-      "tiled scaled dot-product attention over (N, L, E) q, (N, S, E) k, (N, S, Ev) v -> (out, stats (N, L, 2))");
+      py::arg("scale"), py::arg("dropout_p"), py::arg("seed"), py::arg("merge_heads") = false,
+      "tiled scaled dot-product attention over (N, L, E) q, (N, S, E) k, (N, S, Ev) v -> (out, stats (N, L, 2)); "
+      "or over (B, H, ...) views read in place (any non-negative strides, contiguous rows), out (B H, L, Ev) or "
+      "with merge_heads (B, L, H Ev)");
   m.def(
       "sdpa_backward",
       [](const py::array& dout, const py::array& q, const py::array& k, const py::array& v, const py::array& out,

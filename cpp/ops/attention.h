@@ -31,9 +31,23 @@
 
 namespace seqblocks {
 
+// Where matrix n = b * heads + h of an operand starts and its row stride, in elements: element
+// (n, i, c) at p[(n / heads) * batch + (n % heads) * head + i * row + c].
+struct SdpaLayout {
+  int64_t batch = 0, head = 0, row = 0;
+  // (N, rows, cols) C-contiguous, with heads = 1.
+  static SdpaLayout contiguous(int64_t rows, int64_t cols) { return {rows * cols, 0, cols}; }
+};
+
 template <class T>
 struct SdpaArgs {
   int64_t n = 0, l = 0, s = 0, e = 0, ev = 0;
+  // Forward: the layouts of q, k, v and out (the backward takes contiguous (N, len, features)
+  // arrays). Besides contiguous arrays, they describe q, k, v read in place from a packed
+  // (B, L, 3, H, E) projection and out written as (B, L, H, Ev): the layouts around multi-head
+  // attention, so that inference splits and merges the heads without copies.
+  int64_t heads = 1;
+  SdpaLayout q_at, k_at, v_at, out_at;
   const T* q = nullptr;
   const T* k = nullptr;
   const T* v = nullptr;

@@ -125,13 +125,13 @@ void apply_dropout(T* x, int64_t n, uint64_t idx0, const DropoutKey& d) {
   }
 }
 
-// x (rows, cols) row-major -> blocked transpose: for each block of bc rows starting at j0, an
+// x (rows, cols), row stride ldx -> blocked transpose: for each block of bc rows starting at j0, an
 // (cols x bc) panel at xt + j0 * cols holding x[j0 + c][e] at [e * bc + c]. The score products
 // then read K^T (and the backward V^T) in place, with no per-tile packing. Width x width register
 // transposes where available (scalar element stores bc apart cost ~2 ns per element, 9% of the
 // forward at L = S = 512), scalar for the remaining columns.
 template <class Isa, class T>
-void transpose_blocked(const T* x, int64_t rows, int64_t cols, int64_t bc, T* xt) {
+void transpose_blocked(const T* x, int64_t ldx, int64_t rows, int64_t cols, int64_t bc, T* xt) {
   constexpr int64_t W = Vec<Isa, T>::width;
   const int64_t cols_vec = TransposeBlock<Isa, T>::available ? cols / W * W : 0;
   for (int64_t j0 = 0; j0 < rows; j0 += bc) {
@@ -140,11 +140,11 @@ void transpose_blocked(const T* x, int64_t rows, int64_t cols, int64_t bc, T* xt
     for (int64_t c0 = 0; c0 < nb; c0 += W) {
       const int rows_here = static_cast<int>(std::min(W, nb - c0));
       for (int64_t e0 = 0; e0 < cols_vec; e0 += W) {
-        TransposeBlock<Isa, T>::run(x + (j0 + c0) * cols + e0, cols, rows_here, panel + e0 * bc + c0, bc);
+        TransposeBlock<Isa, T>::run(x + (j0 + c0) * ldx + e0, ldx, rows_here, panel + e0 * bc + c0, bc);
       }
     }
     for (int64_t c = 0; c < nb; ++c) {
-      const T* row = x + (j0 + c) * cols;
+      const T* row = x + (j0 + c) * ldx;
       for (int64_t e = cols_vec; e < cols; ++e) panel[e * bc + c] = row[e];
     }
   }
@@ -190,6 +190,12 @@ static inline int sdpa_threads(double flops, int64_t units, int nthreads) {
   return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>({nthreads, units, static_cast<int64_t>(by_work)})));
 }
 
+// The first element of matrix n of an operand laid out as `at` (attention.h).
+template <class T>
+T* matrix(T* p, const SdpaLayout& at, int64_t heads, int64_t n) {
+  return p + (n / heads) * at.batch + (n % heads) * at.head;
+}
+
 template <class Isa, class T>
 size_t pack_elems(int64_t m, int64_t n, int64_t k) {
   const PackSizes<Isa, T> ps(m, n, k);
@@ -208,21 +214,22 @@ void forward_block(const SdpaArgs<T>& a, int64_t n, int64_t i0, int64_t bc, cons
   T* alpha = mnext + kFwdBr;
   const T ninf = -std::numeric_limits<T>::infinity();
   const int64_t rows = std::min(kFwdBr, a.l - i0);
-  const T* q = a.q + (n * a.l + i0) * a.e;
-  T* o = a.out + (n * a.l + i0) * a.ev;
-  std::fill(o, o + rows * a.ev, T(0));
+  const int64_t ldq = a.q_at.row, ldo = a.out_at.row, ldv = a.v_at.row;
+  const T* q = matrix(a.q, a.q_at, a.heads, n) + i0 * ldq;
+  T* o = matrix(a.out, a.out_at, a.heads, n) + i0 * ldo;
+  for (int64_t r = 0; r < rows; ++r) std::fill(o + r * ldo, o + r * ldo + a.ev, T(0));
   std::fill(mrun, mrun + rows, ninf);
   std::fill(lrun, lrun + rows, T(0));
   // Causal: rows i < i0 + rows see keys j <= i, so key blocks past the diagonal are skipped.
   const int64_t kv_end = a.causal ? std::min(a.s, i0 + rows) : a.s;
   if (qpack && kv_end > bc) {
-    PrepackedA<Isa, T>::pack(q, a.e, false, rows, a.e, qpack);
+    PrepackedA<Isa, T>::pack(q, ldq, false, rows, a.e, qpack);
   } else {
     qpack = nullptr;
   }
   for (int64_t j0 = 0; j0 < kv_end; j0 += bc) {
     const int64_t cols = std::min(bc, kv_end - j0);
-    tile_gemm<Isa, T>(rows, cols, a.e, q, a.e, false, kt + j0 * a.e, bc, false, s, bc, kLog2e<T> * a.scale, T(0), abuf,
+    tile_gemm<Isa, T>(rows, cols, a.e, q, ldq, false, kt + j0 * a.e, bc, false, s, bc, kLog2e<T> * a.scale, T(0), abuf,
                       bbuf, qpack);
     mask_tile(a, n, i0, rows, j0, cols, s, bc);
     // Row maxima first, then the rescale factors alpha = 2^(m_old - m_new) of all rows in one
@@ -244,17 +251,17 @@ void forward_block(const SdpaArgs<T>& a, int64_t n, int64_t i0, int64_t bc, cons
       const T sum = exp2_row<Isa, T>(srow, cols, mnew);
       lrun[r] = lrun[r] * alpha[r] + sum;
       // (o's row is still zero while m_old = -inf)
-      if (mrun[r] != ninf && alpha[r] != T(1)) scale_row<Isa, T>(o + r * a.ev, a.ev, alpha[r]);
+      if (mrun[r] != ninf && alpha[r] != T(1)) scale_row<Isa, T>(o + r * ldo, a.ev, alpha[r]);
       mrun[r] = mnew;
       if (drop.on) apply_dropout(srow, cols, static_cast<uint64_t>((n * a.l + i0 + r) * a.s + j0), drop);
     }
-    tile_gemm<Isa, T>(rows, a.ev, cols, s, bc, false, a.v + (n * a.s + j0) * a.ev, a.ev, false, o, a.ev, T(1),
-                      T(1), abuf, bbuf);
+    tile_gemm<Isa, T>(rows, a.ev, cols, s, bc, false, matrix(a.v, a.v_at, a.heads, n) + j0 * ldv, ldv, false, o, ldo,
+                      T(1), T(1), abuf, bbuf);
   }
   T* stats = a.stats + 2 * (n * a.l + i0);
   for (int64_t r = 0; r < rows; ++r) {
     const bool any = lrun[r] > T(0);
-    scale_row<Isa, T>(o + r * a.ev, a.ev, any ? T(1) / lrun[r] : T(0));
+    scale_row<Isa, T>(o + r * ldo, a.ev, any ? T(1) / lrun[r] : T(0));
     stats[2 * r] = any ? mrun[r] : ninf;
     stats[2 * r + 1] = any ? std::log2(lrun[r]) : ninf;
   }
@@ -294,7 +301,7 @@ void sdpa_forward(const SdpaArgs<T>& a) {
     for (int64_t u = begin; u < end; ++u) {
       const int64_t n = u / qblocks;
       if (n != kt_n) {
-        transpose_blocked<Isa, T>(a.k + n * a.s * a.e, a.s, a.e, bc, kt);
+        transpose_blocked<Isa, T>(matrix(a.k, a.k_at, a.heads, n), a.k_at.row, a.s, a.e, bc, kt);
         kt_n = n;
       }
       forward_block<Isa, T>(a, n, (u % qblocks) * kFwdBr, bc, kt, s, mrun, lrun, abuf, bbuf, qpack, drop);
@@ -323,8 +330,8 @@ void backward_one(const SdpaArgs<T>& a, int64_t n, T* p, T* dp, T* d, T* kt, T* 
   // reaches (no keys; causal keys past the last query) are cleared here.
   if (a.s == 0) std::fill(dq, dq + a.l * a.e, T(0));
   for (int64_t i = 0; i < a.l; ++i) d[i] = dot_row<Isa, T>(dout + i * a.ev, out + i * a.ev, a.ev);
-  transpose_blocked<Isa, T>(k, a.s, a.e, kBwdBc, kt);
-  transpose_blocked<Isa, T>(v, a.s, a.ev, kBwdBc, vt);
+  transpose_blocked<Isa, T>(k, a.e, a.s, a.e, kBwdBc, kt);
+  transpose_blocked<Isa, T>(v, a.ev, a.s, a.ev, kBwdBc, vt);
   for (int64_t j0 = 0; j0 < a.s; j0 += kBwdBc) {
     const int64_t cols = std::min(kBwdBc, a.s - j0);
     const int64_t i_first = a.causal ? j0 / kBwdBr * kBwdBr : 0;  // query blocks that see key j0

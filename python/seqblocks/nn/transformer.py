@@ -219,10 +219,26 @@ def _in_proj(mha: MultiheadAttention, x, rows: slice):
     return F.linear(x, w[rows], None if b is None else b[rows])
 
 
+def _split_heads(proj: Tensor, n: int, heads: int):
+    """The n (B, H, L, D) heads of a packed (B, L, n H D) projection. Recorded by autograd as one
+    copy each way; without autograd, views of the projection that the attention kernel reads in
+    place (no copy)."""
+    if is_grad_enabled():
+        return _SplitHeads.apply(proj, n, heads)
+    B, L, width = proj.shape
+    parts = proj.data.reshape(B, L, n, heads, width // (n * heads))
+    views = tuple(Tensor(parts[:, :, i].transpose(0, 2, 1, 3)) for i in range(n))
+    return views if n > 1 else views[0]
+
+
 def _attend(mha: MultiheadAttention, q, k, v, m: _Mask, training: bool, need_weights: bool):
     """Heads (B, H, L, D) of q, k, v -> (merged output (B, L, E) before out_proj, weights (B, H, L, S))."""
     p = mha.dropout if training else 0.0
     seed = next_seed() if p > 0 else None
+    if not is_grad_enabled() and not need_weights:  # the kernel writes the heads merged
+        out, _ = ops.sdpa_forward(q.data, k.data, v.data, m.mask, m.causal, None, p, seed=seed, needs_grad=False,
+                                  merge_heads=True)
+        return Tensor(out), None
     out = _Attention.apply(q, k, v, m.mask, m.causal, p, seed)
     weights = None
     if need_weights:
@@ -241,7 +257,7 @@ def _attend(mha: MultiheadAttention, q, k, v, m: _Mask, training: bool, need_wei
 def _self_attention(mha, x, m: _Mask, training, need_weights, cache: _LayerCache | None = None):
     H = mha.num_heads
     E = mha.embed_dim
-    q, k, v = _SplitHeads.apply(_in_proj(mha, x, slice(0, 3 * E)), 3, H)
+    q, k, v = _split_heads(_in_proj(mha, x, slice(0, 3 * E)), 3, H)
     if cache is not None:  # inference: append this step's keys and values
         if cache.k is not None:
             k = Tensor(np.concatenate([cache.k, k.data], axis=2))
@@ -254,13 +270,13 @@ def _self_attention(mha, x, m: _Mask, training, need_weights, cache: _LayerCache
 def _cross_attention(mha, x, memory, m: _Mask, training, need_weights, cache: _LayerCache | None = None):
     H = mha.num_heads
     E = mha.embed_dim
-    q = _SplitHeads.apply(_in_proj(mha, x, slice(0, E)), 1, H)
+    q = _split_heads(_in_proj(mha, x, slice(0, E)), 1, H)
     if cache is not None and cache.cross_k is not None:
         k, v = Tensor(cache.cross_k), Tensor(cache.cross_v)
     else:
         if memory is None:
             raise ValueError("memory: required (the cache holds no cross-attention keys yet)")
-        k, v = _SplitHeads.apply(_in_proj(mha, memory, slice(E, 3 * E)), 2, H)
+        k, v = _split_heads(_in_proj(mha, memory, slice(E, 3 * E)), 2, H)
         if cache is not None:
             cache.cross_k, cache.cross_v = k.data, v.data
     out, w = _attend(mha, q, k, v, m, training, need_weights)

@@ -22,6 +22,7 @@ from .. import _core, reference
 from .._backend import use_reference
 from ._checks import float_array, same_dtype, shape_str
 from ._pairs import c_order, check_grad_output
+from ..reference.attention import _merged
 
 
 def _check_inputs(q, k, v):
@@ -103,8 +104,13 @@ def _native_mask(mask, dtype, lead: tuple, L: int, S: int):
 
 
 def sdpa_forward(q, k, v, attn_mask=None, is_causal=False, scale=None, dropout_p=0.0, *, seed=None,
-                 needs_grad=True):
+                 needs_grad=True, merge_heads=False):
     """softmax(scale q k^T + mask) v over the last two dims; returns (out (..., L, Ev), workspace or None).
+
+    With ``merge_heads`` (q, k, v of 4 dims (B, H, len, features)) out comes with the heads merged,
+    (B, L, H Ev), as multi-head attention feeds it to its output projection. Without autograd, 4-D
+    q, k, v are read in place with their strides (views of a packed (B, L, 3, H, E) projection
+    need no copy) and the merged out is written directly.
 
     q (..., L, E), k (..., S, E), v (..., S, Ev) with equal leading dims; attn_mask broadcastable
     to (..., L, S): bool (True = may attend) or q's float dtype (added to the scores); is_causal
@@ -113,26 +119,47 @@ def sdpa_forward(q, k, v, attn_mask=None, is_causal=False, scale=None, dropout_p
     (seed, n*L*S + i*S + j) with n the flattened leading index."""
     q, k, v = _check_inputs(q, k, v)
     lead, (L, E), S, Ev = q.shape[:-2], q.shape[-2:], k.shape[-2], v.shape[-1]
+    merge_heads = bool(merge_heads)
+    if merge_heads and q.ndim != 4:
+        raise ValueError(f"merge_heads: expected 4-D query, key and value (B, H, len, features), got query "
+                         f"{shape_str(q.shape)}")
     mask = _check_mask(attn_mask, q, lead + (L, S))
     scale, dropout_p, seed = _check_options(bool(is_causal), mask, scale, dropout_p, seed)
     N = math.prod(lead)
     if use_reference() or 0 in (N, L, S, E, Ev):
         out, ws = reference.sdpa_forward(q, k, v, mask, bool(is_causal), scale, dropout_p, seed=seed,
-                                         needs_grad=needs_grad)
+                                         needs_grad=needs_grad, merge_heads=merge_heads)
         if ws is not None:
             ws["backend"] = "numpy"
         return out, ws
     sc = 1.0 / math.sqrt(E) if scale is None else scale
-    q3, k3, v3 = (c_order(a).reshape(N, a.shape[-2], a.shape[-1]) for a in (q, k, v))
     mflat, moff, msl, mss = _native_mask(mask, q.dtype, lead, L, S)
+    if not needs_grad and q.ndim == 4:  # read in place (views of a projection), out merged if asked
+        q4, k4, v4 = (a if _rows_in_place(a) else np.ascontiguousarray(a) for a in (q, k, v))
+        out, _ = _core.sdpa_forward(q4, k4, v4, mflat, moff, msl, mss, bool(is_causal), sc, dropout_p, seed,
+                                    merge_heads)
+        return (out if merge_heads else out.reshape(lead + (L, Ev))), None
+    q3, k3, v3 = (c_order(a).reshape(N, a.shape[-2], a.shape[-1]) for a in (q, k, v))
     out3, stats = _core.sdpa_forward(q3, k3, v3, mflat, moff, msl, mss, bool(is_causal), sc, dropout_p, seed)
     out = out3.reshape(lead + (L, Ev))
+    result = _merged(out) if merge_heads else out
     if not needs_grad:
-        return out, None
+        return result, None
     ws = {"op": "sdpa", "backend": "native", "q": q, "k": k, "v": v, "mask": mask, "stats": stats, "out": out,
           "native": (q3, k3, v3, out3, mflat, moff, msl, mss), "is_causal": bool(is_causal), "scale": sc,
-          "dropout_p": dropout_p, "seed": seed}
-    return out, ws
+          "dropout_p": dropout_p, "seed": seed, "merge_heads": merge_heads}
+    return result, ws
+
+
+def _merged_shape(shape: tuple) -> tuple:
+    B, H, L, Ev = shape
+    return (B, L, H * Ev)
+
+
+def _rows_in_place(a: np.ndarray) -> bool:
+    """Whether the kernel can read ``a`` (B, H, len, features) in place: non-negative strides,
+    contiguous rows."""
+    return all(st >= 0 for st in a.strides) and (a.shape[-1] <= 1 or a.strides[-1] == a.itemsize)
 
 
 def sdpa_backward(grad_output, workspace):
@@ -141,9 +168,13 @@ def sdpa_backward(grad_output, workspace):
         raise ValueError(f"workspace: expected the workspace returned by sdpa_forward(..., needs_grad=True), "
                          f"got {type(workspace).__name__}")
     out = workspace["out"]
-    dy = check_grad_output(grad_output, out.shape, out.dtype)
+    merged = workspace.get("merge_heads", False)
+    dy = check_grad_output(grad_output, _merged_shape(out.shape) if merged else out.shape, out.dtype)
     if workspace["backend"] == "numpy":
         return reference.sdpa_backward(dy, workspace)
+    if merged:
+        B, H, L, Ev = out.shape
+        dy = dy.reshape(B, L, H, Ev).transpose(0, 2, 1, 3)
     q3, k3, v3, out3, mflat, moff, msl, mss = workspace["native"]
     dq, dk, dv = _core.sdpa_backward(c_order(dy).reshape(out3.shape), q3, k3, v3, out3, workspace["stats"], mflat,
                                      moff, msl, mss, workspace["is_causal"], workspace["scale"],

@@ -64,8 +64,9 @@ def _factors(shape, dtype, p, seed):
 
 
 def sdpa_forward(q, k, v, attn_mask=None, is_causal=False, scale=None, dropout_p=0.0, *, seed=None,
-                 needs_grad=True):
-    """Returns (out (..., L, Ev), workspace or None). ``attn_mask`` already broadcast to (..., L, S)."""
+                 needs_grad=True, merge_heads=False):
+    """Returns (out (..., L, Ev), workspace or None); with ``merge_heads`` (4-D q (B, H, L, E)) out is
+    (B, L, H Ev). ``attn_mask`` already broadcast to (..., L, S)."""
     lead = q.shape[:-2]
     L, E = q.shape[-2:]
     S = k.shape[-2]
@@ -78,12 +79,25 @@ def sdpa_forward(q, k, v, attn_mask=None, is_causal=False, scale=None, dropout_p
     f = _factors(p.shape, q.dtype, float(dropout_p), 0 if seed is None else int(seed))
     pd = p if f is None else p * f
     out = np.matmul(pd, vf).astype(q.dtype, copy=False).reshape(lead + (L, vf.shape[-1]))
+    result = _merged(out) if merge_heads else out
     if not needs_grad:
-        return out, None
+        return result, None
     ws = {"op": "sdpa", "backend": "numpy", "q": q, "k": k, "v": v, "mask": attn_mask, "out": out,
           "is_causal": bool(is_causal), "scale": scale, "dropout_p": float(dropout_p),
-          "seed": 0 if seed is None else int(seed)}
-    return out, ws
+          "seed": 0 if seed is None else int(seed), "merge_heads": bool(merge_heads)}
+    return result, ws
+
+
+def _merged(out):
+    """(B, H, L, Ev) -> (B, L, H Ev)."""
+    B, H, L, Ev = out.shape
+    return np.ascontiguousarray(out.transpose(0, 2, 1, 3)).reshape(B, L, H * Ev)
+
+
+def _unmerged(grad, shape):
+    """(B, L, H Ev) -> (B, H, L, Ev), the inverse of _merged."""
+    B, H, L, Ev = shape
+    return grad.reshape(B, L, H, Ev).transpose(0, 2, 1, 3)
 
 
 def sdpa_backward(grad_output, workspace):
@@ -94,6 +108,8 @@ def sdpa_backward(grad_output, workspace):
     scale = workspace["scale"]
     qf, kf, vf = _flat(q, lead), _flat(k, lead), _flat(v, lead)
     mf = None if mask is None else _flat(np.broadcast_to(mask, lead + (L, S)), lead)
+    if workspace.get("merge_heads"):
+        grad_output = _unmerged(grad_output, workspace["out"].shape)
     dout = _flat(grad_output, lead)
     out = _flat(workspace["out"], lead)
     with np.errstate(invalid="ignore", over="ignore"):
