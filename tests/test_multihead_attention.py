@@ -137,6 +137,36 @@ def test_torch_parity(rng, backend, case):
         assert_close(p.grad, tparams[name].grad.numpy(), what=f"d{name}", **tol)
 
 
+@pytest.mark.parametrize("backend", ["numpy", "native"])
+@pytest.mark.parametrize("case", list(CASES))
+def test_inference_equals_the_autograd_forward(rng, backend, case):
+    """Under no_grad the heads are read in place and merged by the kernel (need_weights=False):
+    the output is exactly the autograd forward's, whose heads are copied and merged separately."""
+    kw, opts = CASES[case]
+    ours = nn.MultiheadAttention(E, H, dtype=np.float32, **kw)
+    B, L, S = 3, 5, 7
+    kdim, vdim = kw.get("kdim", E), kw.get("vdim", E)
+    unbatched = opts.get("unbatched", False)
+    shape = (lambda n, d: (n, d)) if unbatched else \
+        (lambda n, d: (B, n, d)) if kw.get("batch_first") else (lambda n, d: (n, B, d))
+    query = rng.standard_normal(shape(L, E)).astype(np.float32)
+    key, value = (rng.standard_normal(shape(S, d)).astype(np.float32) for d in (kdim, vdim))
+    if opts.get("self", False):
+        S, key, value = L, query, query
+    attn, kpm = make_masks(rng, opts, 1 if unbatched else B, L, S)
+    if unbatched and kpm is not None:
+        kpm = kpm[0]
+    fw = {"need_weights": False, "key_padding_mask": kpm, "attn_mask": attn, "is_causal": opts.get("attn") == "causal"}
+    with seqblocks.backend(backend):
+        tq = seqblocks.tensor(query, requires_grad=True)
+        tk, tv = (tq, tq) if opts.get("self", False) else (seqblocks.tensor(key), seqblocks.tensor(value))
+        expected, _ = ours(tq, tk, tv, **fw)
+        with seqblocks.no_grad():
+            out, w = ours(query, key, value, **fw)
+    assert w is None
+    np.testing.assert_array_equal(out.numpy(), expected.numpy())
+
+
 def test_parameter_names_and_init(rng):
     torch = pytest.importorskip("torch")
     for kw in ({}, {"kdim": 6, "vdim": 10, "add_bias_kv": True}, {"bias": False}):

@@ -15,7 +15,7 @@ import numpy as np
 
 from .. import _core, ops
 from .._random import next_seed
-from ..autograd import Function, Tensor, _to_numpy, cat
+from ..autograd import Function, Tensor, _to_numpy, cat, is_grad_enabled
 from . import functional as F
 from . import init
 from .functional import _OpsPair, _tensor
@@ -116,6 +116,18 @@ class _MergeHeads(Function):
 def _merge_heads(x: Tensor) -> Tensor:
     """(B, H, L, D) -> (B, L, H D)."""
     return _MergeHeads.apply(x)
+
+
+def _split_heads(proj: Tensor, n: int, heads: int):
+    """The n (B, H, L, D) heads of a packed (B, L, n H D) projection. Recorded by autograd as one
+    copy each way; without autograd, views of the projection that the attention kernel reads in
+    place (no copy)."""
+    if is_grad_enabled():
+        return _SplitHeads.apply(proj, n, heads)
+    B, L, width = proj.shape
+    parts = proj.data.reshape(B, L, n, heads, width // (n * heads))
+    views = tuple(Tensor(parts[:, :, i].transpose(0, 2, 1, 3)) for i in range(n))
+    return views if n > 1 else views[0]
 
 
 
@@ -263,9 +275,9 @@ class MultiheadAttention(Module):
             am = None if am is None else np.pad(am, [(0, 0)] * (am.ndim - 1) + [(0, 1)])
             kpm = None if kpm is None else np.pad(kpm, [(0, 0), (0, 1)])
         if packed:
-            q, k, v = _SplitHeads.apply(q, 3, H)
+            q, k, v = _split_heads(q, 3, H)
         else:
-            q, k, v = (_SplitHeads.apply(t, 1, H) for t in (q, k, v))
+            q, k, v = (_split_heads(t, 1, H) for t in (q, k, v))
         if self.add_zero_attn:
             z = np.zeros((B, H, 1, D), dt)
             k = cat([k, z], 2)
@@ -284,6 +296,10 @@ class MultiheadAttention(Module):
         # The output always comes from the fused op (zeros on rows with no visible key); the
         # weights, when asked for, from an explicit softmax with the same dropout mask (the
         # dropout index of (b, h, i, j) is the C-order index of the (B, H, L, S) weights).
+        if not is_grad_enabled() and not need_weights:  # heads read in place, output written merged
+            merged, _ = ops.sdpa_forward(q.data, k.data, v.data, mask, False, None, p, seed=seed, needs_grad=False,
+                                         merge_heads=True)
+            return self._finish(Tensor(merged), None, batched)
         out = _SDPA.apply(q, k, v, mask, False, None, p, seed)
         weights = None
         if need_weights:
@@ -294,8 +310,11 @@ class MultiheadAttention(Module):
             if p > 0:
                 w = F._Dropout.apply(w, p, seed)
             weights = w.mean(1) if average_attn_weights else w
-        out = _merge_heads(out)
-        out = self.out_proj(out)
+        return self._finish(_merge_heads(out), weights, batched)
+
+    def _finish(self, merged: Tensor, weights, batched: bool):
+        """The output projection of the merged heads (B, L, E), in the caller's layout."""
+        out = self.out_proj(merged)
         if not batched:
             out = out.squeeze(0)
             weights = None if weights is None else weights.squeeze(0)

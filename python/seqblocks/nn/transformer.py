@@ -29,7 +29,7 @@ from .._random import next_seed
 from ..autograd import Function, Tensor, _to_numpy, is_grad_enabled, no_grad
 from . import functional as F
 from . import init
-from .attention import MultiheadAttention, _merge_heads, _SplitHeads
+from .attention import MultiheadAttention, _merge_heads, _split_heads
 from .attention import _float_mask as _additive
 from .container import ModuleList
 from .functional import _OpsPair, _tensor
@@ -217,18 +217,6 @@ def _in_proj(mha: MultiheadAttention, x, rows: slice):
     if rows.start == 0 and rows.stop == 3 * E:
         return F.linear(x, w, b)
     return F.linear(x, w[rows], None if b is None else b[rows])
-
-
-def _split_heads(proj: Tensor, n: int, heads: int):
-    """The n (B, H, L, D) heads of a packed (B, L, n H D) projection. Recorded by autograd as one
-    copy each way; without autograd, views of the projection that the attention kernel reads in
-    place (no copy)."""
-    if is_grad_enabled():
-        return _SplitHeads.apply(proj, n, heads)
-    B, L, width = proj.shape
-    parts = proj.data.reshape(B, L, n, heads, width // (n * heads))
-    views = tuple(Tensor(parts[:, :, i].transpose(0, 2, 1, 3)) for i in range(n))
-    return views if n > 1 else views[0]
 
 
 def _attend(mha: MultiheadAttention, q, k, v, m: _Mask, training: bool, need_weights: bool):
