@@ -156,6 +156,23 @@ def test_grad_accumulates_across_backward_calls_and_zero(r):
     assert w.grad.dtype == np.float32
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("backend", ["native", "numpy"])
+def test_large_grads_accumulate_into_new_arrays(r, dtype, backend):
+    """Gradients of 2^16 elements and more are summed by the native add (a new array each time,
+    from the output cache): the same values, and the arrays handed out before stay unchanged."""
+    w = tensor(r.standard_normal((300, 257)), requires_grad=True, dtype=dtype)
+    c1, c2 = r.standard_normal((300, 257)).astype(dtype), r.standard_normal((300, 257)).astype(dtype)
+    with seqblocks.backend(backend):
+        (w * c1).sum().backward()
+        first = w.grad
+        first_copy = first.copy()
+        (w * c2).sum().backward()
+    np.testing.assert_array_equal(w.grad, c1 + c2)
+    assert w.grad is not first and w.grad.dtype == dtype
+    np.testing.assert_array_equal(first, first_copy)
+
+
 def test_leaf_grads_are_not_aliased(r):
     a = tensor(r.standard_normal(3), requires_grad=True)
     b = tensor(r.standard_normal(3), requires_grad=True)

@@ -696,9 +696,19 @@ def _leaf_grad(g: np.ndarray, leaf: Tensor, owned: set) -> np.ndarray:
 def _accumulate_leaf(leaf: Tensor, g: np.ndarray, owned: set) -> None:
     if leaf.grad is None:
         leaf.grad = _leaf_grad(g, leaf, owned)
+        return
+    cur = leaf.grad
+    g = g.astype(cur.dtype, copy=False)
+    if cur.size >= 65536 and cur.shape == g.shape and cur.dtype.kind == "f":
+        # A new array (handed-out gradients are never modified) from the native add: all threads,
+        # and memory from the output cache (the block of the grad it replaces comes back to it)
+        # instead of fresh pages every step -- an encoder layer's parameters are 12 MiB, whose
+        # NumPy sum took ~3.5 ms of its 80 ms training step at 2 threads.
+        from . import ops  # (ops builds on this module)
+
+        leaf.grad = ops.add_forward(cur, g, needs_grad=False)[0]
     else:
-        cur = leaf.grad
-        leaf.grad = cur + g.astype(cur.dtype, copy=False)
+        leaf.grad = cur + g
 
 
 def backward(tensors: Sequence[Tensor], grad_tensors=None, retain_graph: bool | None = None) -> None:
