@@ -118,12 +118,15 @@ def check_outputs_and_grads(out, grads, ref_out, ref_grads, f, rows, what):
 
 
 @pytest.mark.parametrize("cell", CELLS)
-def test_native_bias_off_no_states_large(isa, rng, cell):
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("B", [17, 9])
+def test_native_bias_off_no_states_large(isa, rng, cell, dtype, B):
     """Bias off, zero initial states (None), a hidden size that splits over threads, 1 and 2 threads:
-    results within rounding of the reference and of each other."""
-    T, B, I, H = 4, 17, 31, 129  # B G H^2 >= 2^18 multiply-adds per step: two threads share the units
-    lengths = np.array([4, 2, 1, 4, 3, 4, 4, 1, 2, 4, 4, 3, 1, 1, 2, 4, 4])
-    args = make(rng, cell, T, B, I, H, np.float32, bias=False, states=False, lengths=lengths)
+    results within rounding of the reference and of each other. B G H^2 >= 2^18 multiply-adds per
+    step: at two threads B = 17 splits the batch rows (8 and 9 each), B = 9 the hidden units."""
+    T, I, H = 4, 31, 129
+    lengths = np.array([4, 2, 1, 4, 3, 4, 4, 1, 2, 4, 4, 3, 1, 1, 2, 4, 4])[:B]
+    args = make(rng, cell, T, B, I, H, dtype, bias=False, states=False, lengths=lengths)
     results = []
     for nt in (1, 2):
         seqblocks.set_num_threads(nt)
