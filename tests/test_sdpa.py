@@ -152,6 +152,14 @@ def test_merge_heads_with_autograd_backward(rng, backend):
             ops.sdpa_backward(np.zeros((B, H, L, E)), ws)
 
 
+@pytest.mark.parametrize("backend", ["native", "numpy"])
+def test_merge_heads_gradcheck(rng, backend):
+    q, k, v, mask = make_inputs(rng, (2, 3), 4, 5, 3, 2, np.float64, "float")
+    with seqblocks.backend(backend):
+        gradcheck(lambda q, k, v: ops.sdpa_forward(q, k, v, mask, merge_heads=True),
+                  lambda g, ws: ops.sdpa_backward(g, ws)[:3], [q, k, v], what=f"sdpa merge_heads {backend}")
+
+
 def test_merge_heads_needs_four_dims(rng):
     q, k, v, _ = make_inputs(rng, (2,), 3, 4, 5, 5, np.float32, "none")
     with pytest.raises(ValueError, match="merge_heads: expected 4-D"):

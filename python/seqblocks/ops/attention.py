@@ -22,7 +22,7 @@ from .. import _core, reference
 from .._backend import use_reference
 from ._checks import float_array, same_dtype, shape_str
 from ._pairs import c_order, check_grad_output
-from ..reference.attention import _merged
+from ..reference.attention import _merged, _unmerged
 
 
 def _check_inputs(q, k, v):
@@ -173,8 +173,7 @@ def sdpa_backward(grad_output, workspace):
     if workspace["backend"] == "numpy":
         return reference.sdpa_backward(dy, workspace)
     if merged:
-        B, H, L, Ev = out.shape
-        dy = dy.reshape(B, L, H, Ev).transpose(0, 2, 1, 3)
+        dy = _unmerged(dy, out.shape)
     q3, k3, v3, out3, mflat, moff, msl, mss = workspace["native"]
     dq, dk, dv = _core.sdpa_backward(c_order(dy).reshape(out3.shape), q3, k3, v3, out3, workspace["stats"], mflat,
                                      moff, msl, mss, workspace["is_causal"], workspace["scale"],
