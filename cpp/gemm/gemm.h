@@ -103,6 +103,16 @@ constexpr int64_t kGemmDirectBMaxBytes = 64 * 1024;
 // A is read in place when n spans at most this many B micro-panels: each element of A would be
 // broadcast only that many times, so packing it costs as much as it saves.
 constexpr int64_t kGemmDirectAMaxPanels = 2;
+// A row-major A (!trans_a) is read in place up to this many B micro-panels: the micro-kernel
+// then broadcasts from MR row streams (kARows), which cost no more than the packed panel, and
+// packing A (a register transpose of every element) is saved. AVX-512 float, 1 and 2 threads,
+// `linear` GFLOP/s against packing A (2 panels): n = 256 rows 2048, k = 256 / 768 / 1024 / 4096:
+// +3-8 %; 512^3 +4 % (1 thread), +7 % (2); 1024 x 512 -> 512 +3 %; k = 2048 -> 512 even;
+// n = 768-2048 even or slower (2048^3 -5 % at 1 thread), hence the limit. A transposed A read
+// in place is a different pattern (a row of A^T per k step, lda apart) and lost up to 40 % when
+// lda was 1024 or 2048 elements (4 or 8 KiB: every row in the same L1 sets); it keeps the
+// general limit above.
+constexpr int64_t kGemmDirectRowsAMaxPanels = 16;
 // Less work than this (estimated cycles, ~15 us) per thread is not worth waking another
 // thread for: waking a sleeping OpenMP worker alone can take tens of microseconds.
 constexpr double kGemmMinCyclesPerThread = 40000;
@@ -205,7 +215,8 @@ static void gemm_packed(const GemmView<T>& v, T* abuf, T* bbuf) {
   // place too: its micro-panel stays in L1 across the B panels, and packing it every step would
   // copy A once per thread per step.
   const bool a_pre = v.a_packed != nullptr;
-  const bool a_direct = !a_pre && (v.n <= kGemmDirectAMaxPanels * NR ||
+  const int64_t a_direct_panels = v.trans_a ? kGemmDirectAMaxPanels : kGemmDirectRowsAMaxPanels;
+  const bool a_direct = !a_pre && (v.n <= a_direct_panels * NR ||
                                    (b_pre && !v.trans_a && v.m <= kGemmDirectBMaxPanels * MR));
 
   // Equal-sized blocks (whole micro-panels) rather than full blocks plus a thin remainder,
