@@ -697,7 +697,7 @@ void rnn_backward(const RnnBackwardArgs<T>& A) {
                at_dhz = scratch.reserve(gru ? B * H : 0), at_dh = scratch.reserve(B * H),
                at_dc = scratch.reserve(lstm ? B * H : 0), at_tmp = scratch.reserve(nt * max_rows * max_nj),
                at_pack = scratch.reserve((ps.a + ps.b) * nt), at_sx = scratch.reserve(B * GH),
-               at_sh = scratch.reserve(gru ? B * GH : 0);
+               at_sh = scratch.reserve(gru ? B * H : 0);
   StepWeights<Isa, T> wsteps(max_rows, GH, max_nj, nt, scratch);
   scratch.allocate(rnn_scratch_block<Isa, T>());
   wsteps.bind(scratch);
@@ -715,9 +715,11 @@ void rnn_backward(const RnnBackwardArgs<T>& A) {
   // I=H=256, 2 threads, whole backward against a pass over dA after the loop: GRU 12.02 -> 11.72
   // ms, LSTM 15.37 -> 15.16).
   T* sum_x = scratch.at(at_sx);                        // (B, G H): sum over t of dA_x[t, b]
-  T* sum_h = gru ? scratch.at(at_sh) : nullptr;        // (B, G H): sum over t of dA_h[t, b] (GRU)
+  // GRU: dA_h equals dA_x in the r and z blocks (the same values, stored twice), so only its n
+  // block, r * dn, is summed separately, and db_hh's r and z blocks are db_ih's.
+  T* sum_h = gru ? scratch.at(at_sh) : nullptr;        // (B, H): sum over t of dA_h[t, b, n block] (GRU)
   std::fill(sum_x, sum_x + B * GH, T(0));
-  if (sum_h) std::fill(sum_h, sum_h + B * GH, T(0));
+  if (sum_h) std::fill(sum_h, sum_h + B * H, T(0));
   std::memcpy(dh, A.dh_n, sizeof(T) * B * H);
   if (lstm) std::memcpy(dc, A.dc_n, sizeof(T) * B * H);
   const T* dA_h = gru ? dah : da;
@@ -756,7 +758,7 @@ void rnn_backward(const RnnBackwardArgs<T>& A) {
             rnn_grad_row<Isa, T>(dyr, dh + b * H, ws_g + row * H, relu, nj, j0, dar);
           }
           add_units<Isa, T>(dar, G, H, j0, nj, sum_x + b * GH);
-          if (gru) add_units<Isa, T>(dah + row * GH, G, H, j0, nj, sum_h + b * GH);
+          if (gru) add_units<Isa, T>(dah + row * GH + 2 * H, 1, H, j0, nj, sum_h + b * H);
         }
       }
       // Split by units, the product below reads every unit's gradients: wait for the others.
@@ -800,7 +802,8 @@ void rnn_backward(const RnnBackwardArgs<T>& A) {
   gemm_pair<Isa, T>(&dw_ih, &dw_hh, A.nthreads);
   column_sums<Isa, T>(sum_x, B, GH, A.db_ih, 1);
   if (gru) {
-    column_sums<Isa, T>(sum_h, B, GH, A.db_hh, 1);
+    std::memcpy(A.db_hh, A.db_ih, sizeof(T) * 2 * H);
+    column_sums<Isa, T>(sum_h, B, H, A.db_hh + 2 * H, 1);
   } else {
     std::memcpy(A.db_hh, A.db_ih, sizeof(T) * GH);
   }
