@@ -140,6 +140,26 @@ def test_gemm_alpha_beta_transposes(isa, rng, dtype, trans_a, trans_b, alpha, be
     assert out is not c
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n", [63, 65, 127, 129, 255, 257, 511, 512, 513])
+@pytest.mark.parametrize("trans_a", [False, True])
+def test_gemm_around_the_in_place_a_limit(isa, rng, dtype, n, trans_a):
+    """n on both sides of the widths up to which a row-major A is read in place instead of packed
+    (16 B micro-panels: 512 columns on AVX-512 float, 256 on AVX-512 double and AVX2 float, 128
+    on AVX2 double), with m not a multiple of any panel height, a k longer than one cache block,
+    alpha and beta, for both layouts of A."""
+    m, k = 45, 600
+    a = rng.standard_normal((k, m) if trans_a else (m, k)).astype(dtype)
+    b = rng.standard_normal((k, n)).astype(dtype)
+    c = rng.standard_normal((m, n)).astype(dtype)
+    out = ops.gemm(a, b, c, alpha=0.5, beta=1.0, trans_a=trans_a)
+    expected = reference.gemm(a.astype(np.float64), b.astype(np.float64), c.astype(np.float64),
+                              alpha=0.5, beta=1.0, trans_a=trans_a)
+    op_a = np.abs(a.T if trans_a else a).astype(np.float64)
+    assert_close(out, expected, magnitude=0.5 * (op_a @ np.abs(b).astype(np.float64)) + np.abs(c),
+                 factor=sum_factor(k))
+
+
 def test_gemm_beta_zero_ignores_nan_in_c(isa, rng):
     a = rng.standard_normal((5, 6)).astype(np.float32)
     b = rng.standard_normal((6, 7)).astype(np.float32)
