@@ -175,6 +175,11 @@ register(OpCheck("gelu(pair)", "gelu", lambda r, d: ((_u(r, (1031,), d, -6, 6),)
 register(OpCheck("gelu(pair,tanh)", "gelu", lambda r, d: ((_u(r, (1031,), d, -6, 6), "tanh"), {}), 8.0,
                  grad_magnitude=_pointwise_grad))
 register(OpCheck("add", "add", lambda r, d: ((_n(r, (7, 65), d), _n(r, (65,), d)), {}), 2.0, grad_factor=sum_factor(7)))
+# Sums of at least 16384 elements (the native path's threshold): all of them (positive terms, so
+# the result is not a cancellation), and two of three axes kept as one.
+register(OpCheck("sum", "sum", lambda r, d: ((_u(r, (9, 33, 65), d, 0.5, 1.5),), {}), sum_factor(9 * 33 * 65)))
+register(OpCheck("sum(dims)", "sum", lambda r, d: ((_n(r, (9, 33, 65), d),), dict(dims=(0, 2), keepdim=True)),
+                 sum_factor(9 * 65)))
 register(OpCheck("sgd_step_", "sgd_step_",
                  lambda r, d: ((_n(r, (1031,), d), _n(r, (1031,), d), _n(r, (1031,), d)),
                                dict(lr=0.1, momentum=0.9, dampening=0.0, weight_decay=0.01, nesterov=True,

@@ -17,7 +17,7 @@ __all__ += ["layer_norm_forward", "layer_norm_backward", "softmax_forward", "sof
 from .activation import (gelu_backward, gelu_forward, relu_backward, relu_forward, sigmoid_backward,
                          sigmoid_forward, tanh_backward, tanh_forward)
 from .dropout import dropout_backward, dropout_forward
-from .elementwise import add_backward, add_forward
+from .elementwise import add_backward, add_forward, sum_backward, sum_forward
 from .embedding import embedding_backward, embedding_forward
 from .linear_pair import linear_backward, linear_forward
 from .optim import adam_step_, sgd_step_
@@ -25,7 +25,7 @@ from .optim import adam_step_, sgd_step_
 __all__ += ["add_backward", "add_forward", "adam_step_", "dropout_backward", "dropout_forward",
             "embedding_backward", "embedding_forward", "gelu_backward", "gelu_forward", "linear_backward",
             "linear_forward", "relu_backward", "relu_forward", "sgd_step_", "sigmoid_backward", "sigmoid_forward",
-            "tanh_backward", "tanh_forward"]
+            "sum_backward", "sum_forward", "tanh_backward", "tanh_forward"]
 from .attention import additive_scores_backward, additive_scores_forward, sdpa_backward, sdpa_forward
 
 __all__ += ["additive_scores_backward", "additive_scores_forward", "sdpa_backward", "sdpa_forward"]

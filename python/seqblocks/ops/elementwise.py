@@ -1,6 +1,7 @@
 """The residual add pair: y = a + b with b broadcast to a's shape; db sums dy over the broadcast
 axes (deterministic native reductions: every output element is summed by one thread in a fixed
-order)."""
+order). The sum pair: y = x summed over some axes (the reduction behind ``Tensor.sum``/``mean``
+and every scalar loss); its backward broadcasts dy back to x's shape."""
 
 from __future__ import annotations
 
@@ -85,3 +86,107 @@ def add_backward(grad_output, workspace):
             db = _core.sum_axis(db, outer, sizes[j], inner)
             del sizes[j]
     return dy.copy(), db.reshape(b_shape)
+
+
+# ------------------------------------------------------------------------------------------- sum
+
+
+def _check_dims(dims, ndim: int) -> tuple[int, ...] | None:
+    """``dims`` (None, an int or ints in [-ndim, ndim)) as sorted non-negative axes, or None (all)."""
+    if dims is None:
+        return None
+    raw = (dims,) if isinstance(dims, (int, np.integer)) else tuple(dims)
+    out = []
+    for d in raw:
+        if not isinstance(d, (int, np.integer)) or isinstance(d, bool):
+            raise TypeError(f"dims: expected ints, got {type(d).__name__}")
+        if not -max(ndim, 1) <= d < max(ndim, 1):
+            raise ValueError(f"dims: expected axes in [{-max(ndim, 1)}, {max(ndim, 1) - 1}], got {d}")
+        out.append(int(d) % max(ndim, 1))
+    if len(set(out)) != len(out):
+        raise ValueError(f"dims: expected distinct axes, got {raw}")
+    return tuple(sorted(out))
+
+
+def _reduced_runs(shape: tuple, dims: tuple[int, ...] | None) -> list[tuple[bool, int]]:
+    """``shape`` as maximal runs of (reduced?, product of extents); extent-1 axes dropped."""
+    runs: list[list] = []
+    for axis, extent in enumerate(shape):
+        if extent == 1:
+            continue
+        reduced = dims is None or axis in dims
+        if runs and runs[-1][0] == reduced:
+            runs[-1][1] *= extent
+        else:
+            runs.append([reduced, extent])
+    return [(r, n) for r, n in runs]
+
+
+def _reduced_shape(shape: tuple, dims: tuple[int, ...] | None, keepdim: bool) -> tuple:
+    if dims is None:
+        return (1,) * len(shape) if keepdim else ()
+    if keepdim:
+        return tuple(1 if axis in dims else n for axis, n in enumerate(shape))
+    return tuple(n for axis, n in enumerate(shape) if axis not in dims)
+
+
+# Below this many elements NumPy's own sum and fill cost less than the native call.
+_NATIVE_SUM_MIN_SIZE = 16384
+
+
+def sum_forward(x, dims=None, keepdim: bool = False, *, needs_grad: bool = True):
+    """y = x summed over ``dims`` (all axes when None), as ``torch.sum(x, dims, keepdim)``.
+
+    Native for float arrays of at least 16384 elements: one deterministic pass per run of
+    reduced axes (``sum_axis``: fixed chunks, partials added in order -- the same bits for every
+    thread count, and the error of a two-level sum). Returns (y, workspace)."""
+    x = float_array(x, "x")
+    dims = _check_dims(dims, x.ndim)
+    keepdim = bool(keepdim)
+    ws = (x.shape, dims, keepdim) if needs_grad else None
+    if use_reference() or x.size < _NATIVE_SUM_MIN_SIZE:
+        return reference.sum_forward(x, dims, keepdim, needs_grad=needs_grad)
+    runs = _reduced_runs(x.shape, dims)
+    sizes = [n for _, n in runs]
+    reduced = [r for r, _ in runs]
+    y = c_order(x).reshape(-1)
+    for j in reversed(range(len(sizes))):
+        if reduced[j]:
+            outer = int(np.prod(sizes[:j], dtype=np.int64))
+            inner = int(np.prod(sizes[j + 1:], dtype=np.int64))
+            y = _core.sum_axis(y, outer, sizes[j], inner)
+            del sizes[j]
+    return y.reshape(_reduced_shape(x.shape, dims, keepdim)), ws
+
+
+# Width of the row a full reduction's gradient is broadcast from (strided_copy's source row).
+_FILL_ROW = 1024
+
+
+def sum_backward(grad_output, workspace):
+    """dy (the reduced shape) -> dx = dy broadcast back to x's shape (a new array)."""
+    shape, dims, keepdim = workspace
+    dy = float_array(grad_output, "grad_output")
+    want = _reduced_shape(shape, dims, keepdim)
+    if dy.shape != want:
+        raise ValueError(f"grad_output: expected shape {shape_str(want)} (the forward output's), "
+                         f"got {shape_str(dy.shape)}")
+    size = int(np.prod(shape, dtype=np.int64))
+    if use_reference() or size < _NATIVE_SUM_MIN_SIZE:
+        return reference.sum_backward(dy, workspace)
+    dx = _core.empty(shape, dy.dtype)
+    runs = _reduced_runs(shape, dims)
+    if all(r for r, _ in runs):  # one value everywhere: copy a row of it over the flat output
+        flat = dx.reshape(-1)
+        rows = size // _FILL_ROW
+        row = np.full(_FILL_ROW, dy.reshape(()), dy.dtype)
+        _core.strided_copy(flat[:rows * _FILL_ROW].reshape(rows, _FILL_ROW),
+                           np.broadcast_to(row, (rows, _FILL_ROW)))
+        flat[rows * _FILL_ROW:] = row[0]
+    elif not runs[-1][0] and len(runs) <= 4:  # the last run kept: rows of dy, stride 0 elsewhere
+        dst = dx.reshape([n for _, n in runs])
+        src = dy.reshape([1 if r else n for r, n in runs])
+        _core.strided_copy(dst, np.broadcast_to(src, dst.shape))
+    else:
+        dx[...] = dy.reshape(_reduced_shape(shape, dims, True))
+    return dx

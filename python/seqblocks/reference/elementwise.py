@@ -1,4 +1,5 @@
-"""NumPy reference for the residual add pair: y = a + b, b broadcast to a's shape."""
+"""NumPy reference for the residual add pair (y = a + b, b broadcast to a's shape) and the sum
+pair (y = x summed over some axes)."""
 
 from __future__ import annotations
 
@@ -21,3 +22,21 @@ def add_backward(grad_output: np.ndarray, workspace):
     a_shape, b_shape = workspace
     db = grad_output.sum(axis=broadcast_axes(a_shape, b_shape))
     return grad_output.copy(), np.asarray(db, dtype=grad_output.dtype).reshape(b_shape)
+
+
+def sum_forward(x: np.ndarray, dims=None, keepdim: bool = False, *, needs_grad: bool = True):
+    """y = x summed over ``dims`` (sorted non-negative axes, or None for all). Workspace:
+    (x.shape, dims, keepdim)."""
+    y = np.asarray(np.sum(x, axis=dims, keepdims=keepdim), dtype=x.dtype)
+    return y, ((x.shape, dims, keepdim) if needs_grad else None)
+
+
+def sum_backward(grad_output: np.ndarray, workspace):
+    """dx = dy broadcast back to x's shape (a new array)."""
+    shape, dims, keepdim = workspace
+    g = grad_output
+    if dims is not None and not keepdim:
+        g = np.expand_dims(g, dims)
+    dx = np.empty(shape, grad_output.dtype)
+    dx[...] = g
+    return dx
