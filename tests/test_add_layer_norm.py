@@ -86,6 +86,41 @@ def test_inference_mode(rng):
     assert np.array_equal(y, y2)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(3, 7), (5, 16), (4, 17), (2, 33), (3, 65), (70, 512), (2, 3, 5)])
+@pytest.mark.parametrize("backend", ["numpy", "native"])
+def test_in_place_equals_out_of_place(rng, isa, shape, dtype, backend):
+    """y written over the residual: the same bits as the out-of-place y, residual's array returned."""
+    x, r, w, b = _inputs(rng, shape, dtype, affine=shape[-1] != 16)
+    with seqblocks.backend(backend):
+        (y, _), _ = ops.add_layer_norm_forward(x, r, shape[-1], w, b, needs_grad=False)
+        x_before, r_work = x.copy(), r.copy()
+        (y2, s2), ws = ops.add_layer_norm_forward(x, r_work, shape[-1], w, b, needs_grad=False, in_place=True)
+    assert y2 is r_work and s2 is None and ws is None
+    np.testing.assert_array_equal(y2, y)
+    np.testing.assert_array_equal(x, x_before)
+
+
+def test_in_place_bad_input(rng):
+    x, r, w, b = _inputs(rng, (6, 40), np.float32)
+    with pytest.raises(ValueError, match="in_place: expected needs_grad=False"):
+        ops.add_layer_norm_forward(x, r, 40, w, b, in_place=True)
+    ro = r.copy()
+    ro.flags.writeable = False
+    with pytest.raises(ValueError, match="residual: expected a writable C-contiguous array for in_place"):
+        ops.add_layer_norm_forward(x, ro, 40, w, b, needs_grad=False, in_place=True)
+    wide = rng.standard_normal((6, 80)).astype(np.float32)
+    with pytest.raises(ValueError, match="residual: expected a writable C-contiguous array for in_place"):
+        ops.add_layer_norm_forward(x, wide[:, ::2], 40, w, b, needs_grad=False, in_place=True)
+    both = rng.standard_normal((7, 40)).astype(np.float32)
+    with pytest.raises(ValueError, match="x: expected memory apart from residual's for in_place"):
+        ops.add_layer_norm_forward(both[1:], both[:6], 40, w, b, needs_grad=False, in_place=True)
+    with pytest.raises(ValueError, match="x: expected memory apart"):  # the binding checks too
+        seqblocks._core.add_layer_norm_forward(both[1:], both[:6], w, b, 1e-5, False, True)
+    with pytest.raises(ValueError, match="in_place: expected needs_grad=False"):
+        seqblocks._core.add_layer_norm_forward(x, r, w, b, 1e-5, True, True)
+
+
 def test_torch_parity(rng):
     torch = pytest.importorskip("torch")
     x, r, w, b = _inputs(rng, (6, 24), np.float64)

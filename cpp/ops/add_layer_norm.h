@@ -9,7 +9,8 @@
 // The forward adds a few rows into s and normalizes them while they are in cache (one pass over
 // x and r); the backward runs layer norm's deterministic backward kernel on s, then adds ds. So
 // y, s, mean, rstd and every gradient are bit-identical to layer norm of (x + r) for any thread
-// count.
+// count. s, y and r may be one array (inference in place: every element is read before it is
+// written, row by row).
 #pragma once
 
 #include <cstdint>

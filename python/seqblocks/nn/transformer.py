@@ -84,10 +84,22 @@ class _AddNorm(Function):
 
 
 def _add_norm(norm, x: Tensor, r: Tensor, both: bool = False):
-    """norm(x + r) (and x + r with ``both``): fused when ``norm`` is a LayerNorm and autograd is on
-    (without autograd the add is done in place on r, a fresh output, and norm runs alone)."""
-    if isinstance(norm, LayerNorm) and is_grad_enabled() and x.shape == r.shape and x.dtype == r.dtype:
-        return _AddNorm.apply(x, r, norm.weight, norm.bias, norm.normalized_shape, norm.eps, both)
+    """norm(x + r) (and x + r with ``both``), fused when ``norm`` is a LayerNorm. Without autograd
+    r is a fresh output of this layer that nothing else references: norm(x + r) is written over
+    it (no new array), or with ``both`` the add is done in place on r and norm runs alone.
+    (In place at B=8 L=128 d=512, 2 threads: 0.25 -> 0.07 ms per add and norm, whose separate
+    NumPy add ran on one thread and whose fused kernel's new outputs cost a line fetch per
+    first write.)"""
+    if isinstance(norm, LayerNorm) and x.shape == r.shape and x.dtype == r.dtype:
+        if is_grad_enabled():
+            return _AddNorm.apply(x, r, norm.weight, norm.bias, norm.normalized_shape, norm.eps, both)
+        data = r.data
+        if not both and data.flags.writeable and data.flags.c_contiguous and not np.shares_memory(x.data, data):
+            w = None if norm.weight is None else norm.weight.data
+            b = None if norm.bias is None else norm.bias.data
+            ops.add_layer_norm_forward(x.data, data, norm.normalized_shape, w, b, norm.eps, needs_grad=False,
+                                       in_place=True)
+            return r
     s = _residual(x, r)
     return (norm(s), s) if both else norm(s)
 

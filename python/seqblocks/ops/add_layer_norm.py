@@ -19,25 +19,40 @@ from ._checks import float_array, shape_str
 from .layer_norm import _check_forward, _check_grad, _check_workspace
 
 
-def add_layer_norm_forward(x, residual, normalized_shape, weight=None, bias=None, eps=1e-5, *, needs_grad=True):
+def add_layer_norm_forward(x, residual, normalized_shape, weight=None, bias=None, eps=1e-5, *, needs_grad=True,
+                           in_place=False):
     """s = x + residual; y = layer norm of s over the trailing ``normalized_shape`` dims (then
     weight, bias). x and residual of one shape and dtype. Returns ((y, s), workspace), workspace
-    None when ``needs_grad`` is false."""
+    None when ``needs_grad`` is false.
+
+    ``in_place`` (inference: needs_grad False): y is written over ``residual`` (a writable
+    C-contiguous array apart from x), which is returned as y; s is not kept (None)."""
     x, dims, weight, bias, eps = _check_forward(x, normalized_shape, weight, bias, eps)
     residual = float_array(residual, "residual")
     if residual.dtype != x.dtype:
         raise TypeError(f"residual: expected dtype {x.dtype} (x's), got {residual.dtype}")
     if residual.shape != x.shape:
         raise ValueError(f"residual: expected shape {shape_str(x.shape)} (x's), got {shape_str(residual.shape)}")
+    if in_place:
+        if needs_grad:
+            raise ValueError("in_place: expected needs_grad=False (s is not kept for a backward), got True")
+        if not (residual.flags.writeable and residual.flags.c_contiguous):
+            raise ValueError("residual: expected a writable C-contiguous array for in_place")
+        if np.shares_memory(x, residual):
+            raise ValueError("x: expected memory apart from residual's for in_place, got overlapping arrays")
     k = math.prod(dims)
     if use_reference() or x.size == 0 or k == 0:
-        return reference.add_layer_norm_forward(x, residual, dims, weight, bias, eps, needs_grad=needs_grad)
+        return reference.add_layer_norm_forward(x, residual, dims, weight, bias, eps, needs_grad=needs_grad,
+                                                in_place=in_place)
     rows = x.size // k
     flat = (lambda a: None if a is None else np.ascontiguousarray(a).reshape(k))
     w_flat = flat(weight)
     y, s, mean, rstd = _core.add_layer_norm_forward(np.ascontiguousarray(x).reshape(rows, k),
-                                                    np.ascontiguousarray(residual).reshape(rows, k), w_flat,
-                                                    flat(bias), eps, bool(needs_grad))
+                                                    (residual if in_place else np.ascontiguousarray(residual))
+                                                    .reshape(rows, k), w_flat, flat(bias), eps, bool(needs_grad),
+                                                    bool(in_place))
+    if in_place:
+        return (residual, None), None
     out = (y.reshape(x.shape), s.reshape(x.shape))
     if not needs_grad:
         return out, None

@@ -14,13 +14,18 @@ import numpy as np
 from .layer_norm import layer_norm_backward, layer_norm_forward
 
 
-def add_layer_norm_forward(x, residual, normalized_shape, weight=None, bias=None, eps=1e-5, *, needs_grad=True):
+def add_layer_norm_forward(x, residual, normalized_shape, weight=None, bias=None, eps=1e-5, *, needs_grad=True,
+                           in_place=False):
     """x, residual (..., *normalized_shape), same shape; weight, bias (*normalized_shape) or None.
 
-    Returns ((y, s), workspace); workspace is None when ``needs_grad`` is false.
+    Returns ((y, s), workspace); workspace is None when ``needs_grad`` is false. ``in_place``
+    (with needs_grad False): y is written into ``residual`` and returned as y; s is None.
     """
     s = np.add(x, residual, dtype=x.dtype)
     y, ln_ws = layer_norm_forward(s, normalized_shape, weight, bias, eps, needs_grad=needs_grad)
+    if in_place:
+        residual[...] = y
+        return (residual, None), None
     if not needs_grad:
         return (y, s), None
     return (y, s), {"op": "add_layer_norm", "backend": "numpy", "s": s, "ln": ln_ws}
