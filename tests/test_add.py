@@ -106,6 +106,49 @@ def test_bad_input():
         ops.add_backward(np.ones(4, np.float32), ws)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("backend", ["numpy", "native"])
+def test_out_in_place_and_apart(isa, rng, dtype, backend):
+    """out = a (an in-place add) or a separate array: the same bits as a new y, out returned."""
+    with seqblocks.backend(backend):
+        for a_shape, b_shape in PATTERNS + [((1000, 129), (129,))]:
+            a = rng.standard_normal(a_shape).astype(dtype)
+            b = rng.standard_normal(b_shape).astype(dtype)
+            want, _ = ops.add_forward(a, b)
+            apart = np.empty_like(a)
+            got, ws = ops.add_forward(a, b, needs_grad=False, out=apart)
+            assert got is apart and ws is None
+            np.testing.assert_array_equal(got, want)
+            got, _ = ops.add_forward(a, b, out=a)
+            assert got is a
+            np.testing.assert_array_equal(a, want)
+
+
+def test_out_bad_input(rng):
+    a = rng.standard_normal((6, 33)).astype(np.float32)
+    b = rng.standard_normal(33).astype(np.float32)
+    with pytest.raises(ValueError, match=r"out: expected shape \(6, 33\) and dtype float32 \(a's\), got \(6, 32\)"):
+        ops.add_forward(a, b, out=np.empty((6, 32), np.float32))
+    with pytest.raises(ValueError, match="out: expected shape .* got \\(6, 33\\) and float64"):
+        ops.add_forward(a, b, out=np.empty((6, 33)))
+    with pytest.raises(ValueError, match="out: expected a writable C-contiguous array"):
+        ops.add_forward(a, b, out=np.empty((33, 6), np.float32).T)
+    ro = np.empty_like(a)
+    ro.flags.writeable = False
+    with pytest.raises(ValueError, match="out: expected a writable C-contiguous array"):
+        ops.add_forward(a, b, out=ro)
+    with pytest.raises(TypeError, match="out: expected an ndarray or None, got list"):
+        ops.add_forward(a, b, out=[0.0])
+    big = rng.standard_normal((7, 33)).astype(np.float32)
+    with pytest.raises(ValueError, match="out: expected a itself or memory apart from a and b"):
+        ops.add_forward(big[1:], b, out=big[:6])
+    with pytest.raises(ValueError, match="out: expected a itself or memory apart from a and b"):
+        ops.add_forward(a, big[0], out=big[:6])
+    flat = b.reshape(-1)
+    with pytest.raises(ValueError, match="out: expected a itself or memory apart"):  # the binding checks too
+        seqblocks._core.add_broadcast(big[1:].reshape(-1), flat, 0, 1, 6, 33, big[:6].reshape(-1))
+
+
 def test_twin_signatures():
     """Every ops function of this task has a reference twin with the same signature."""
     import inspect

@@ -30,16 +30,40 @@ void expect_size(const py::array& a, int64_t want, const char* name) {
   }
 }
 
+// out (optional): where y goes instead of a new array -- a writable C-contiguous array of a's
+// size and dtype, either a itself (an in-place add: every element is read before it is written)
+// or memory apart from a and b.
 template <class T>
 py::array add_impl(const py::array& a_arr, const py::array& b_arr, int mode, int64_t outer, int64_t mid,
-                   int64_t inner) {
+                   int64_t inner, const py::object& out_obj) {
   if (mode != 0 && mode != 1) throw std::invalid_argument("mode: expected 0 or 1, got " + std::to_string(mode));
   const int64_t total = checked_volume(outer, mid, inner, "add_broadcast");
   expect_size(a_arr, total, "a");
   expect_size(b_arr, mode == 0 ? checked_mul(outer, inner, "add_broadcast b") : mid, "b");
   auto a = c_input<T>(a_arr);
   auto b = c_input<T>(b_arr);
-  auto y = new_output<T>({static_cast<py::ssize_t>(total)});
+  py::array_t<T> y;
+  if (out_obj.is_none()) {
+    y = new_output<T>({static_cast<py::ssize_t>(total)});
+  } else {
+    py::array out = py::array::ensure(out_obj);
+    if (!out) throw py::type_error("out: expected an array or None");
+    expect_dtype(out, std::is_same_v<T, float> ? DType::f32 : DType::f64, "out", "a");
+    expect_size(out, total, "out");
+    if (!out.writeable() || !(out.flags() & py::array::c_style)) {
+      throw std::invalid_argument("out: expected a writable C-contiguous array");
+    }
+    const auto overlaps = [&](const void* p, size_t bytes) {
+      const char* o = static_cast<const char*>(out.data());
+      const char* q = static_cast<const char*>(p);
+      return o < q + bytes && q < o + static_cast<size_t>(out.nbytes());
+    };
+    const size_t b_bytes = static_cast<size_t>(b.nbytes());
+    if (overlaps(b.data(), b_bytes) || (out.data() != a.data() && overlaps(a.data(), static_cast<size_t>(a.nbytes())))) {
+      throw std::invalid_argument("out: expected a itself or memory apart from a and b, got overlapping arrays");
+    }
+    y = py::reinterpret_borrow<py::array_t<T>>(out);
+  }
   const T* pa = a.data();
   const T* pb = b.data();
   T* py_ = y.mutable_data();
@@ -83,15 +107,17 @@ SEQBLOCKS_BINDINGS(elementwise) {
   namespace py = pybind11;
   m.def(
       "add_broadcast",
-      [](const py::array& a, const py::array& b, int mode, int64_t outer, int64_t mid, int64_t inner) {
+      [](const py::array& a, const py::array& b, int mode, int64_t outer, int64_t mid, int64_t inner,
+         const py::object& out) {
         const DType t = float_dtype_of(a, "a");
         expect_dtype(b, t, "b", "a");
-        return t == DType::f32 ? add_impl<float>(a, b, mode, outer, mid, inner)
-                               : add_impl<double>(a, b, mode, outer, mid, inner);
+        return t == DType::f32 ? add_impl<float>(a, b, mode, outer, mid, inner, out)
+                               : add_impl<double>(a, b, mode, outer, mid, inner, out);
       },
       py::arg("a").noconvert(), py::arg("b").noconvert(), py::arg("mode"), py::arg("outer"), py::arg("mid"),
-      py::arg("inner"),
-      "y = a + b over the view (outer, mid, inner): mode 0 adds b[o, i], mode 1 adds b[m]; returns y flat");
+      py::arg("inner"), py::arg("out") = py::none(),
+      "y = a + b over the view (outer, mid, inner): mode 0 adds b[o, i], mode 1 adds b[m]; returns y flat "
+      "(written into out when given: a itself or an array apart from a and b)");
   m.def(
       "sum_axis",
       [](const py::array& x, int64_t outer, int64_t mid, int64_t inner) {

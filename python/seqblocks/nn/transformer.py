@@ -56,10 +56,12 @@ class _Attention(_OpsPair):
 
 def _residual(x: Tensor, branch: Tensor) -> Tensor:
     """x + branch. Without autograd, ``branch`` (a fresh output of this layer that nothing else
-    references) is updated in place: no new array (no page faults) in inference."""
-    if (not is_grad_enabled() and branch.data.flags.writeable and branch.shape == x.shape
-            and branch.dtype == x.dtype):
-        np.add(branch.data, x.data, out=branch.data)
+    references) is updated in place by the native add: no new array, and all threads (NumPy's
+    in-place add ran on one thread: 0.145 ms for B=8 L=128 d=512, ~0.05 ms native)."""
+    b = branch.data
+    if (not is_grad_enabled() and b.flags.writeable and b.flags.c_contiguous and branch.shape == x.shape
+            and branch.dtype == x.dtype and b.dtype in (np.float32, np.float64) and not np.shares_memory(b, x.data)):
+        ops.add_forward(b, x.data, needs_grad=False, out=b)
         return branch
     return x + branch
 

@@ -28,8 +28,22 @@ def _runs(a_shape: tuple, b_shape: tuple) -> list[tuple[bool, int]]:
     return [(bc, n) for bc, n in runs]
 
 
-def add_forward(a, b, *, needs_grad: bool = True):
-    """y = a + b; b's shape must broadcast to a's shape (y has a's shape)."""
+def _check_out(out, a: np.ndarray, b: np.ndarray) -> None:
+    if not isinstance(out, np.ndarray):
+        raise TypeError(f"out: expected an ndarray or None, got {type(out).__name__}")
+    if out.shape != a.shape or out.dtype != a.dtype:
+        raise ValueError(f"out: expected shape {shape_str(a.shape)} and dtype {a.dtype} (a's), got "
+                         f"{shape_str(out.shape)} and {out.dtype}")
+    if not (out.flags.writeable and out.flags.c_contiguous):
+        raise ValueError("out: expected a writable C-contiguous array")
+    if np.shares_memory(out, b) or (out is not a and np.shares_memory(out, a)):
+        raise ValueError("out: expected a itself or memory apart from a and b, got overlapping arrays")
+
+
+def add_forward(a, b, *, needs_grad: bool = True, out=None):
+    """y = a + b; b's shape must broadcast to a's shape (y has a's shape). With ``out`` (a
+    writable C-contiguous array of a's shape and dtype: a itself for an in-place add, or memory
+    apart from a and b) y is written there and ``out`` is returned as y."""
     a = float_array(a, "a")
     b = float_array(b, "b")
     same_dtype({"a": a, "b": b})
@@ -40,8 +54,10 @@ def add_forward(a, b, *, needs_grad: bool = True):
     if not ok:
         raise ValueError(f"b: expected a shape that broadcasts to a's shape {shape_str(a.shape)}, "
                          f"got {shape_str(b.shape)}")
+    if out is not None:
+        _check_out(out, a, b)
     if use_reference():
-        return reference.add_forward(a, b, needs_grad=needs_grad)
+        return reference.add_forward(a, b, needs_grad=needs_grad, out=out)
     a_c = c_order(a).reshape(-1)
     b_shape = b.shape
     runs = _runs(a.shape, b.shape)
@@ -62,8 +78,8 @@ def add_forward(a, b, *, needs_grad: bool = True):
     else:  # four or more alternating runs: b is expanded to a's shape first
         b = np.broadcast_to(b, a.shape)
         plan = (0, 1, 1, a.size)
-    y = _core.add_broadcast(a_c, c_order(b).reshape(-1), *plan).reshape(a.shape)
-    return y, ((a.shape, b_shape) if needs_grad else None)
+    y = _core.add_broadcast(a_c, c_order(b).reshape(-1), *plan, None if out is None else out.reshape(-1))
+    return (y.reshape(a.shape) if out is None else out), ((a.shape, b_shape) if needs_grad else None)
 
 
 def add_backward(grad_output, workspace):

@@ -12,9 +12,10 @@ def broadcast_axes(a_shape: tuple, b_shape: tuple) -> tuple[int, ...]:
     return tuple(i for i, (da, db) in enumerate(zip(a_shape, padded)) if db == 1 and da != 1)
 
 
-def add_forward(a: np.ndarray, b: np.ndarray, *, needs_grad: bool = True):
-    """y = a + b. Workspace: (a.shape, b.shape)."""
-    return a + b, ((a.shape, b.shape) if needs_grad else None)
+def add_forward(a: np.ndarray, b: np.ndarray, *, needs_grad: bool = True, out=None):
+    """y = a + b (into ``out`` when given). Workspace: (a.shape, b.shape)."""
+    y = np.add(a, b) if out is None else np.add(a, b, out=out)
+    return y, ((a.shape, b.shape) if needs_grad else None)
 
 
 def add_backward(grad_output: np.ndarray, workspace):
