@@ -1044,7 +1044,7 @@ class _Sum(Function):
         from . import ops
 
         if _is_float(g):
-            return ops.sum_backward(g, ctx.ws), None, None
+            return ops.sum_backward(g, ctx.ws)[0], None, None
         if ctx.dims is not None and not ctx.keepdim:
             g = np.expand_dims(g, ctx.dims)
         out = np.empty(ctx.shape, g.dtype)  # cheaper than np.broadcast_to, and writable
@@ -1074,7 +1074,7 @@ class _Mean(Function):
 
         g = g / max(ctx.count, 1)
         if _is_float(g) and hasattr(ctx, "ws"):
-            return ops.sum_backward(g, ctx.ws), None, None
+            return ops.sum_backward(g, ctx.ws)[0], None, None
         if ctx.dims is not None and not ctx.keepdim:
             g = np.expand_dims(g, ctx.dims)
         out = np.empty(ctx.shape, g.dtype)

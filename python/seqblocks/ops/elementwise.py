@@ -180,7 +180,7 @@ _FILL_ROW = 1024
 
 
 def sum_backward(grad_output, workspace):
-    """dy (the reduced shape) -> dx = dy broadcast back to x's shape (a new array)."""
+    """dy (the reduced shape) -> (dx,): dy broadcast back to x's shape (a new array)."""
     shape, dims, keepdim = workspace
     dy = float_array(grad_output, "grad_output")
     want = _reduced_shape(shape, dims, keepdim)
@@ -205,4 +205,4 @@ def sum_backward(grad_output, workspace):
         _core.strided_copy(dst, np.broadcast_to(src, dst.shape))
     else:
         dx[...] = dy.reshape(_reduced_shape(shape, dims, True))
-    return dx
+    return (dx,)

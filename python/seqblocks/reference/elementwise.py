@@ -33,11 +33,11 @@ def sum_forward(x: np.ndarray, dims=None, keepdim: bool = False, *, needs_grad: 
 
 
 def sum_backward(grad_output: np.ndarray, workspace):
-    """dx = dy broadcast back to x's shape (a new array)."""
+    """(dx,): dy broadcast back to x's shape (a new array)."""
     shape, dims, keepdim = workspace
     g = grad_output
     if dims is not None and not keepdim:
         g = np.expand_dims(g, dims)
     dx = np.empty(shape, grad_output.dtype)
     dx[...] = g
-    return dx
+    return (dx,)
