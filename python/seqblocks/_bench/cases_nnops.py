@@ -104,6 +104,13 @@ def _other_cases(rows, cols, tokens, vocab, params, torch):
         Case("nnops", f"sgd momentum step {params / 1e6:g}M params", 0.0, {
             "seqblocks": lambda: ops.sgd_step_(p, g, buf, lr=1e-3, momentum=0.9, first_step=False),
             "numpy": lambda: (buf.__imul__(np.float32(0.9)), buf.__iadd__(g), p.__isub__(np.float32(1e-3) * buf))}),
+        # A scalar loss's sum and its gradient (the step of every training loop), and a sum over rows.
+        Case("nnops", f"sum fwd+bwd {rows}x{cols} (all elements)", 0.0, {
+            "seqblocks": lambda: ops.sum_backward(np.float32(1.0), ops.sum_forward(x)[1]),
+            "numpy": lambda: (x.sum(), np.broadcast_to(np.float32(1.0), x.shape).copy())}),
+        Case("nnops", f"sum fwd+bwd {rows}x{cols} over rows", 0.0, {
+            "seqblocks": lambda: ops.sum_backward(bias, ops.sum_forward(x, 0)[1]),
+            "numpy": lambda: (x.sum(0), np.broadcast_to(bias, x.shape).copy())}),
     ]
     if torch is not None:
         aten = torch.ops.aten
@@ -122,6 +129,11 @@ def _other_cases(rows, cols, tokens, vocab, params, torch):
         sp.grad = torch.from_numpy(g)
         sgd = torch.optim.SGD([sp], lr=1e-3, momentum=0.9, fused=True)
         cases[4].impls["torch"] = sgd.step
+        ones = torch.ones((), dtype=torch.float32)
+        # sum's backward as autograd runs it: the gradient expanded to x's shape, then made
+        # contiguous by the consumer (as a layer's backward kernel does)
+        cases[5].impls["torch"] = lambda: (tx.sum(), ones.expand(tx.shape).contiguous())
+        cases[6].impls["torch"] = lambda: (tx.sum(0), tb.expand(tx.shape).contiguous())
     return cases
 
 
