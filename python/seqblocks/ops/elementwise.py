@@ -40,6 +40,19 @@ def _check_out(out, a: np.ndarray, b: np.ndarray) -> None:
         raise ValueError("out: expected a itself or memory apart from a and b, got overlapping arrays")
 
 
+def _sum_runs(flat: np.ndarray, runs: list[tuple[bool, int]]) -> np.ndarray:
+    """``flat`` (C order) viewed as the runs' extents, summed over the runs marked True: one
+    deterministic ``sum_axis`` pass per such run, right to left. Returns the kept elements flat."""
+    sizes = [n for _, n in runs]
+    for j in reversed(range(len(runs))):
+        if runs[j][0]:
+            outer = int(np.prod(sizes[:j], dtype=np.int64))
+            inner = int(np.prod(sizes[j + 1:], dtype=np.int64))
+            flat = _core.sum_axis(flat, outer, sizes[j], inner)
+            del sizes[j]
+    return flat
+
+
 def add_forward(a, b, *, needs_grad: bool = True, out=None):
     """y = a + b; b's shape must broadcast to a's shape (y has a's shape). With ``out`` (a
     writable C-contiguous array of a's shape and dtype: a itself for an in-place add, or memory
@@ -92,15 +105,7 @@ def add_backward(grad_output, workspace):
     if use_reference():
         return reference.add_backward(dy, workspace)
     dy = c_order(dy)
-    sizes = [size for _, size in _runs(a_shape, b_shape)]
-    bcast = [bc for bc, _ in _runs(a_shape, b_shape)]
-    db = dy.reshape(-1)
-    for j in reversed(range(len(sizes))):
-        if bcast[j]:
-            outer = int(np.prod(sizes[:j], dtype=np.int64))
-            inner = int(np.prod(sizes[j + 1:], dtype=np.int64))
-            db = _core.sum_axis(db, outer, sizes[j], inner)
-            del sizes[j]
+    db = _sum_runs(dy.reshape(-1), _runs(a_shape, b_shape))
     return dy.copy(), db.reshape(b_shape)
 
 
@@ -162,16 +167,7 @@ def sum_forward(x, dims=None, keepdim: bool = False, *, needs_grad: bool = True)
     ws = (x.shape, dims, keepdim) if needs_grad else None
     if use_reference() or x.size < _NATIVE_SUM_MIN_SIZE:
         return reference.sum_forward(x, dims, keepdim, needs_grad=needs_grad)
-    runs = _reduced_runs(x.shape, dims)
-    sizes = [n for _, n in runs]
-    reduced = [r for r, _ in runs]
-    y = c_order(x).reshape(-1)
-    for j in reversed(range(len(sizes))):
-        if reduced[j]:
-            outer = int(np.prod(sizes[:j], dtype=np.int64))
-            inner = int(np.prod(sizes[j + 1:], dtype=np.int64))
-            y = _core.sum_axis(y, outer, sizes[j], inner)
-            del sizes[j]
+    y = _sum_runs(c_order(x).reshape(-1), _reduced_runs(x.shape, dims))
     return y.reshape(_reduced_shape(x.shape, dims, keepdim)), ws
 
 
