@@ -127,6 +127,8 @@ def test_bad_input():
     _, ws = ops.sum_forward(x, (2,))
     with pytest.raises(ValueError, match=r"grad_output: expected shape \(3, 4\).*got \(3, 4, 1\)"):
         ops.sum_backward(np.ones((3, 4, 1), np.float32), ws)
+    with pytest.raises(TypeError, match="grad_output: expected dtype float32 \\(the forward's\\), got float64"):
+        ops.sum_backward(np.ones((3, 4)), ws)
 
 
 def test_twin_signatures():
@@ -144,6 +146,14 @@ def test_empty_and_zero_dimensional():
         y, ws = ops.sum_forward(x, dims)
         np.testing.assert_array_equal(y, x.sum(axis=dims))
         assert ops.sum_backward(np.ones(y.shape, np.float32), ws)[0].shape == shape
+    # a 0-d array's dim 0 or -1 is all of it, as in PyTorch
+    for dims in (0, -1, (0,)):
+        for keepdim in (False, True):
+            y, ws = ops.sum_forward(np.array(2.5, np.float32), dims, keepdim)
+            assert y.shape == () and y == 2.5 and ops.sum_backward(np.float32(3.0), ws)[0] == 3.0
+    t = seqblocks.tensor(5.0, requires_grad=True)
+    t.sum(0).backward()
+    assert float(t.grad) == 1.0 and float(seqblocks.tensor(4.0).mean(-1, keepdim=True).data) == 4.0
 
 
 # ------------------------------------------------------------------ the autograd layer on top

@@ -443,10 +443,11 @@ class Tensor:
 
     # -- reductions and shapes ----------------------------------------------------------------
     def sum(self, dim=None, keepdim: bool = False):
-        return _Sum.apply(self, _norm_dims(dim, self.data.ndim), keepdim)
+        # (a 0-d tensor accepts dim 0 or -1, as in PyTorch: the whole of it)
+        return _Sum.apply(self, _norm_dims(dim, self.data.ndim) if self.data.ndim else None, keepdim)
 
     def mean(self, dim=None, keepdim: bool = False):
-        return _Mean.apply(self, _norm_dims(dim, self.data.ndim), keepdim)
+        return _Mean.apply(self, _norm_dims(dim, self.data.ndim) if self.data.ndim else None, keepdim)
 
     def reshape(self, *shape):
         if len(shape) == 1 and not isinstance(shape[0], int):

@@ -126,7 +126,7 @@ def _check_dims(dims, ndim: int) -> tuple[int, ...] | None:
         out.append(int(d) % max(ndim, 1))
     if len(set(out)) != len(out):
         raise ValueError(f"dims: expected distinct axes, got {raw}")
-    return tuple(sorted(out))
+    return tuple(sorted(out)) if ndim else None  # a 0-d array's dim 0 (or -1) is all of it
 
 
 def _reduced_runs(shape: tuple, dims: tuple[int, ...] | None) -> list[tuple[bool, int]]:
@@ -164,7 +164,7 @@ def sum_forward(x, dims=None, keepdim: bool = False, *, needs_grad: bool = True)
     x = float_array(x, "x")
     dims = _check_dims(dims, x.ndim)
     keepdim = bool(keepdim)
-    ws = (x.shape, dims, keepdim) if needs_grad else None
+    ws = (x.shape, dims, keepdim, x.dtype) if needs_grad else None
     if use_reference() or x.size < _NATIVE_SUM_MIN_SIZE:
         return reference.sum_forward(x, dims, keepdim, needs_grad=needs_grad)
     y = _sum_runs(c_order(x).reshape(-1), _reduced_runs(x.shape, dims))
@@ -177,8 +177,10 @@ _FILL_ROW = 1024
 
 def sum_backward(grad_output, workspace):
     """dy (the reduced shape) -> (dx,): dy broadcast back to x's shape (a new array)."""
-    shape, dims, keepdim = workspace
+    shape, dims, keepdim, dtype = workspace
     dy = float_array(grad_output, "grad_output")
+    if dy.dtype != dtype:
+        raise TypeError(f"grad_output: expected dtype {dtype} (the forward's), got {dy.dtype}")
     want = _reduced_shape(shape, dims, keepdim)
     if dy.shape != want:
         raise ValueError(f"grad_output: expected shape {shape_str(want)} (the forward output's), "

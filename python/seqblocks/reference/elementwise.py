@@ -27,14 +27,14 @@ def add_backward(grad_output: np.ndarray, workspace):
 
 def sum_forward(x: np.ndarray, dims=None, keepdim: bool = False, *, needs_grad: bool = True):
     """y = x summed over ``dims`` (sorted non-negative axes, or None for all). Workspace:
-    (x.shape, dims, keepdim)."""
+    (x.shape, dims, keepdim, x.dtype)."""
     y = np.asarray(np.sum(x, axis=dims, keepdims=keepdim), dtype=x.dtype)
-    return y, ((x.shape, dims, keepdim) if needs_grad else None)
+    return y, ((x.shape, dims, keepdim, x.dtype) if needs_grad else None)
 
 
 def sum_backward(grad_output: np.ndarray, workspace):
     """(dx,): dy broadcast back to x's shape (a new array)."""
-    shape, dims, keepdim = workspace
+    shape, dims, keepdim, _ = workspace
     g = grad_output
     if dims is not None and not keepdim:
         g = np.expand_dims(g, dims)
