@@ -212,6 +212,31 @@ def test_stacks_eval_fast_path_parity(rng, norm_first):
     assert_close(ours(x, mask=mask).numpy(), out.numpy(), factor=16 * sum_factor(FF), magnitude=10.0)
 
 
+@pytest.mark.parametrize("norm_first", [False, True])
+def test_transformer_inference_parity(rng, norm_first):
+    """Encoder-decoder under no_grad, where the residual adds and the post-norm add-and-norms run in
+    place on the layers' own temporaries: PyTorch's outputs, and the caller's arrays untouched."""
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    tm = torch.nn.Transformer(E, H, 2, 2, FF, dropout=0.1, batch_first=True, norm_first=norm_first).eval()
+    _randomize_biases(torch, tm)
+    ours = nn.Transformer(E, H, 2, 2, FF, dropout=0.1, batch_first=True, norm_first=norm_first).eval()
+    ours.load_state_dict(tm.state_dict())
+    src = rng.standard_normal((B, S, E)).astype(np.float32)
+    tgt = rng.standard_normal((B, L, E)).astype(np.float32)
+    tgt_mask = nn.Transformer.generate_square_subsequent_mask(L).numpy()
+    with torch.no_grad():
+        t_out = tm(torch.tensor(src), torch.tensor(tgt), tgt_mask=torch.tensor(tgt_mask))
+    src0, tgt0 = src.copy(), tgt.copy()
+    with seqblocks.no_grad():
+        out = ours(src, tgt, tgt_mask=tgt_mask)
+        again = ours(src, tgt, tgt_mask=tgt_mask)
+    assert_close(out.numpy(), t_out.numpy(), **TOL)
+    np.testing.assert_array_equal(again.numpy(), out.numpy())
+    np.testing.assert_array_equal(src, src0)
+    np.testing.assert_array_equal(tgt, tgt0)
+
+
 def test_encoder_mask_detection_uses_causal_kernel(rng):
     enc = nn.TransformerEncoder(nn.TransformerEncoderLayer(E, H, FF, dropout=0.0, batch_first=True, dtype=np.float64), 2)
     x = rng.standard_normal((B, L, E))
