@@ -58,8 +58,8 @@ py::array add_impl(const py::array& a_arr, const py::array& b_arr, int mode, int
       const char* q = static_cast<const char*>(p);
       return o < q + bytes && q < o + static_cast<size_t>(out.nbytes());
     };
-    const size_t b_bytes = static_cast<size_t>(b.nbytes());
-    if (overlaps(b.data(), b_bytes) || (out.data() != a.data() && overlaps(a.data(), static_cast<size_t>(a.nbytes())))) {
+    const bool apart_from_a = !overlaps(a.data(), static_cast<size_t>(a.nbytes()));
+    if (overlaps(b.data(), static_cast<size_t>(b.nbytes())) || (out.data() != a.data() && !apart_from_a)) {
       throw std::invalid_argument("out: expected a itself or memory apart from a and b, got overlapping arrays");
     }
     y = py::reinterpret_borrow<py::array_t<T>>(out);
