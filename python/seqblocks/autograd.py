@@ -149,9 +149,12 @@ def _default_float(arr: np.ndarray) -> np.ndarray:
 _NATIVE_COPY_MIN_SIZE = 65536
 
 
+_FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))  # what the native kernels take
+
+
 def _copy(arr: np.ndarray, dtype) -> np.ndarray:
     """A C-ordered copy of ``arr`` (converted to ``dtype`` when given)."""
-    if ((dtype is None or np.dtype(dtype) == arr.dtype) and arr.dtype in (np.float32, np.float64)
+    if ((dtype is None or np.dtype(dtype) == arr.dtype) and arr.dtype in _FLOAT_DTYPES
             and arr.size >= _NATIVE_COPY_MIN_SIZE and 1 <= arr.ndim <= 4 and arr.strides[-1] == arr.itemsize
             and not use_reference()):
         out = _core.empty(arr.shape, arr.dtype)
@@ -1020,10 +1023,6 @@ class _MatMul(Function):
         return ga, gb
 
 
-def _is_float(a: np.ndarray) -> bool:
-    return a.dtype in (np.float32, np.float64)
-
-
 class _Sum(Function):
     """The sum pair of ``seqblocks.ops`` (native and parallel for large float arrays, NumPy's sum
     for others)."""
@@ -1035,7 +1034,8 @@ class _Sum(Function):
         ctx.shape = a.shape
         ctx.dims = dims
         ctx.keepdim = keepdim
-        if _is_float(a):
+        ctx.ws = None
+        if a.dtype in _FLOAT_DTYPES:
             y, ctx.ws = ops.sum_forward(a, dims, keepdim)
             return y
         return np.asarray(np.sum(a, axis=dims, keepdims=keepdim))
@@ -1044,7 +1044,7 @@ class _Sum(Function):
     def backward(ctx, g):
         from . import ops
 
-        if _is_float(g):
+        if ctx.ws is not None:
             return ops.sum_backward(g, ctx.ws)[0], None, None
         if ctx.dims is not None and not ctx.keepdim:
             g = np.expand_dims(g, ctx.dims)
@@ -1064,7 +1064,8 @@ class _Mean(Function):
         ctx.dims = dims
         ctx.keepdim = keepdim
         ctx.count = math.prod(a.shape) if dims is None else math.prod(a.shape[d] for d in dims)
-        if _is_float(a) and ctx.count > 0:
+        ctx.ws = None
+        if a.dtype in _FLOAT_DTYPES and ctx.count > 0:
             y, ctx.ws = ops.sum_forward(a, dims, keepdim)
             return np.asarray(y / a.dtype.type(ctx.count))
         return np.asarray(np.mean(a, axis=dims, keepdims=keepdim))
@@ -1074,7 +1075,7 @@ class _Mean(Function):
         from . import ops
 
         g = g / max(ctx.count, 1)
-        if _is_float(g) and hasattr(ctx, "ws"):
+        if ctx.ws is not None:
             return ops.sum_backward(g, ctx.ws)[0], None, None
         if ctx.dims is not None and not ctx.keepdim:
             g = np.expand_dims(g, ctx.dims)
