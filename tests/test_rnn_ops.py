@@ -143,18 +143,19 @@ def test_native_bias_off_no_states_large(isa, rng, cell, dtype, B):
         check_close(a, b, f, "threads")
 
 
-@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("cell,proj", [(c, 0) for c in CELLS] + [("lstm", 70)])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("B", [1, 2, 3])
-def test_native_few_rows_split_units(isa, rng, cell, dtype, B):
+def test_native_few_rows_split_units(isa, rng, cell, proj, dtype, B):
     """Batch 1-3 with G H^2 >= 2^16 multiply-adds per step: at two threads each thread owns a slice of
     the hidden units (9 and 8 vectors of H = 260 on avx512 float32, a masked tail in the second),
-    the step products run the few-rows kernel over a contiguous copy of the slice's weights, and
-    it walks k backwards on odd steps. Results are within rounding of the reference, and every
-    element is the same sum in the same order at one and two threads: the outputs are bit-equal."""
+    the step products run the few-rows kernel over a contiguous copy of the slice's weights (not
+    with a projection), and it walks k backwards on odd steps. Results are within rounding of the
+    reference, and every element is the same sum in the same order at one and two threads: the
+    outputs are bit-equal."""
     T, I, H = 4, 5, 260
     lengths = np.array([4, 2, 3][:B])
-    args = make(rng, cell, T, B, I, H, dtype, lengths=lengths)
+    args = make(rng, cell, T, B, I, H, dtype, lengths=lengths, proj=proj)
     results = []
     for nt in (1, 2):
         seqblocks.set_num_threads(nt)

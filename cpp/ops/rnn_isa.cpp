@@ -948,7 +948,7 @@ void lstm_proj_forward(const RnnForwardArgs<T>& A) {
       if (nj > 0) {
         const GemmView<T> v{B, G * nj, P, hcur, P, false, wp.get() + G * j0, GH, false, hap, G * nj, T(1), T(0),
                             nullptr};
-        gemm_here<Isa, T>(v, abuf, bbuf);
+        gemm_here<Isa, T>(v, abuf, bbuf, /*few_rows_reverse=*/(s & 1) != 0);
         for (int64_t b = 0; b < B; ++b) {
           const int64_t row = t * B + b;
           if (!row_active(A.lengths, b, t)) {
@@ -968,7 +968,7 @@ void lstm_proj_forward(const RnnForwardArgs<T>& A) {
       if (nq > 0) {
         const GemmView<T> v{B, nq, H, hraw.data(), H, false, whrT.get() + q0, P, false, hqp, nq, T(1), T(0),
                             nullptr};
-        gemm_here<Isa, T>(v, abuf, bbuf);
+        gemm_here<Isa, T>(v, abuf, bbuf, /*few_rows_reverse=*/(s & 1) != 0);
         for (int64_t b = 0; b < B; ++b) {
           const int64_t row = t * B + b;
           T* yr = A.y + row * P + q0;
@@ -1047,7 +1047,7 @@ void lstm_proj_backward(const RnnBackwardArgs<T>& A) {
       if (nj > 0) {  // (1) dh_raw (B, own units) = d (B, P) W_hr[:, own]; gate gradients
         const GemmView<T> v{B, nj, P, dseq.get() + t * B * P, P, false, A.w_hr + j0, H, false, draw.data() + j0, H,
                             T(1), T(0), nullptr};
-        gemm_here<Isa, T>(v, abuf, bbuf);
+        gemm_here<Isa, T>(v, abuf, bbuf, /*few_rows_reverse=*/(s & 1) != 0);
         for (int64_t b = 0; b < B; ++b) {
           const int64_t row = t * B + b;
           T* dar = da.get() + row * GH;
@@ -1064,7 +1064,7 @@ void lstm_proj_backward(const RnnBackwardArgs<T>& A) {
       if (nq > 0) {  // (2) dh[:, own columns] = dA (B, 4H) W_hh[:, own columns]
         const GemmView<T> v{B, nq, GH, da.get() + t * B * GH, GH, false, A.w_hh + q0, P, false, tqp, nq, T(1),
                             T(0), nullptr};
-        gemm_here<Isa, T>(v, abuf, bbuf);
+        gemm_here<Isa, T>(v, abuf, bbuf, /*few_rows_reverse=*/(s & 1) != 0);
         for (int64_t b = 0; b < B; ++b) {
           if (row_active(A.lengths, b, t)) std::memcpy(dh.data() + b * P + q0, tqp + b * nq, sizeof(T) * nq);
         }
