@@ -143,18 +143,9 @@ def test_native_bias_off_no_states_large(isa, rng, cell, dtype, B):
         check_close(a, b, f, "threads")
 
 
-@pytest.mark.parametrize("cell,proj", [(c, 0) for c in CELLS] + [("lstm", 70)])
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("B", [1, 2, 3])
-def test_native_few_rows_split_units(isa, rng, cell, proj, dtype, B):
-    """Batch 1-3 with G H^2 >= 2^16 multiply-adds per step: at two threads each thread owns a slice of
-    the hidden units (9 and 8 vectors of H = 260 on avx512 float32, a masked tail in the second),
-    the step products run the few-rows kernel over a contiguous copy of the slice's weights (not
-    with a projection), and it walks k backwards on odd steps. Results are within rounding of the
-    reference, and every element is the same sum in the same order at one and two threads: the
-    outputs are bit-equal."""
-    T, I, H = 4, 5, 260
-    lengths = np.array([4, 2, 3][:B])
+def check_native_both_thread_counts(rng, cell, dtype, T, B, I, H, lengths, proj=0):
+    """Forward and backward at 1 and 2 threads against the reference (both directions), the outputs
+    bit-equal between the thread counts."""
     args = make(rng, cell, T, B, I, H, dtype, lengths=lengths, proj=proj)
     results = []
     for nt in (1, 2):
@@ -172,6 +163,36 @@ def test_native_few_rows_split_units(isa, rng, cell, proj, dtype, B):
     for one, two in zip(results[:2], results[2:]):
         for a, b in zip(one[0], two[0]):
             np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("cell,proj", [(c, 0) for c in CELLS] + [("lstm", 70)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("B", [1, 2, 3])
+def test_native_few_rows_split_units(isa, rng, cell, proj, dtype, B):
+    """Batch 1-3 with G H^2 >= 2^16 multiply-adds per step: at two threads each thread owns a slice of
+    the hidden units (9 and 8 vectors of H = 260 on avx512 float32, a masked tail in the second),
+    the step products run the few-rows kernel over a contiguous copy of the slice's weights (not
+    with a projection), and it walks k backwards on odd steps. Results are within rounding of the
+    reference, and every element is the same sum in the same order at one and two threads: the
+    outputs are bit-equal."""
+    check_native_both_thread_counts(rng, cell, dtype, 4, B, 5, 260, np.array([4, 2, 3][:B]), proj=proj)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("T,B", [(1, 1), (2, 3), (1, 9), (2, 10)])
+def test_native_direct_steps(isa, rng, cell, dtype, T, B):
+    """One or two steps at up to 9 rows run without the time loop (the recurrent product straight
+    from W_hh by the GEMM driver, one step at a time); 10 rows take the loop. Both match the
+    reference, with lengths, both directions, at 1 and 2 threads (bit-equal)."""
+    lengths = np.array([T, 1, T, 1, T, T, 1, T, T, 1][:B]) if T > 1 else None
+    check_native_both_thread_counts(rng, cell, dtype, T, B, 6, 33, lengths)
+
+
+@pytest.mark.parametrize("cell,H", [("lstm", 512), ("gru", 600)])
+def test_native_direct_steps_large_weights(isa, rng, cell, H):
+    """A few steps over a W_hh of at least 4 MiB run without the time loop too (3 steps here)."""
+    check_native_both_thread_counts(rng, cell, np.float32, 3, 2, 5, H, np.array([3, 2]))
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
