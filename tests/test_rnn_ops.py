@@ -182,9 +182,10 @@ def test_native_few_rows_split_units(isa, rng, cell, proj, dtype, B):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("T,B", [(1, 1), (2, 3), (1, 9), (2, 10)])
 def test_native_direct_steps(isa, rng, cell, dtype, T, B):
-    """One or two steps at up to 9 rows run without the time loop (the recurrent product straight
-    from W_hh by the GEMM driver, one step at a time); 10 rows take the loop. Both match the
-    reference, with lengths, both directions, at 1 and 2 threads (bit-equal)."""
+    """One or two steps at up to 9 rows run forward and backward without the time loop (the
+    recurrent products straight from W_hh by the GEMM driver, one step at a time); 10 rows take
+    the loop. Both match the reference, with lengths, both directions, at 1 and 2 threads
+    (outputs bit-equal)."""
     lengths = np.array([T, 1, T, 1, T, T, 1, T, T, 1][:B]) if T > 1 else None
     check_native_both_thread_counts(rng, cell, dtype, T, B, 6, 33, lengths)
 
