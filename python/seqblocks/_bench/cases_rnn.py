@@ -3,7 +3,8 @@ weights. Forward cases run in inference mode on both sides (seqblocks ``no_grad`
 + ``no_grad()``, which takes its oneDNN/fused path); forward+backward cases run one autograd
 forward and ``backward()`` of ``output.sum() + h_n.sum()``. The mixed-lengths case runs the same
 shape with lengths drawn from [1, T] (torch: a PackedSequence); compare its seqblocks time with the
-fully padded case of the same shape."""
+fully padded case of the same shape. The cell cases run one inference step, as a decoding loop
+calls them."""
 
 from __future__ import annotations
 
@@ -69,6 +70,38 @@ def _case(cls, T, B, I, H, train, torch, lengths=False, label="", numpy=False):
     return Case("rnn", f"{cls} {what} T={T} B={B} I=H={H}{label}", flops, impls)
 
 
+def _cell_case(cls, B, H, torch):
+    """One step of a cell in inference mode (a decoding loop's call), the state fed back."""
+    import seqblocks
+    from seqblocks import nn
+
+    rng = np.random.default_rng(0)
+    seqblocks.manual_seed(0)
+    m = getattr(nn, cls)(H, H)
+    x = rng.standard_normal((B, H)).astype(np.float32)
+    h = rng.standard_normal((B, H)).astype(np.float32)
+    hx = (h, h) if cls == "LSTMCell" else h
+    flops = 2.0 * B * GATES[cls[:-4]] * H * 2 * H
+
+    def ours():
+        with seqblocks.no_grad():
+            m(x, hx)
+
+    impls = {"seqblocks": ours}
+    if torch is not None:
+        tm = getattr(torch.nn, cls)(H, H)
+        tm.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in m.state_dict().items()})
+        tx, th = torch.from_numpy(x), torch.from_numpy(h)
+        thx = (th, th) if cls == "LSTMCell" else th
+
+        def theirs():
+            with torch.no_grad():
+                tm(tx, thx)
+
+        impls["torch"] = theirs
+    return Case("rnn", f"{cls} step B={B} I=H={H}", flops, impls)
+
+
 def cases(quick: bool) -> list[Case]:
     torch = torch_or_none()
     if quick:
@@ -84,4 +117,6 @@ def cases(quick: bool) -> list[Case]:
         _case("GRU", 64, 32, 256, 256, True, torch),
         _case("RNN", 64, 32, 256, 256, True, torch),
         _case("LSTM", 64, 32, 256, 256, True, torch, lengths=True, label=" mixed lengths"),
+        _cell_case("LSTMCell", 1, 1024, torch),
+        _cell_case("GRUCell", 8, 512, torch),
     ]
