@@ -547,10 +547,11 @@ void rnn_forward(const RnnForwardArgs<T>& A) {
   // packing buffers, prepacked step weights, h (double-buffered) and c.
   const PackSizes<Isa, T> ps(max_rows, G * max_nj, H);
   Scratch<T> scratch;
-  const size_t at_xa = scratch.reserve(T_ * B * GH), at_wp = scratch.reserve(split.by_rows ? 0 : GH * H),
+  const bool direct = rnn_steps_direct(T_, B, GH * H * static_cast<int64_t>(sizeof(T)));  // no time loop
+  const size_t at_xa = scratch.reserve(T_ * B * GH), at_wp = scratch.reserve(split.by_rows || direct ? 0 : GH * H),
                at_ha = scratch.reserve(nt * max_rows * G * max_nj), at_pack = scratch.reserve((ps.a + ps.b) * nt),
                at_h = scratch.reserve(2 * B * H), at_c = scratch.reserve(lstm ? B * H : 0);
-  StepWeights<Isa, T> wsteps(max_rows, H, G * max_nj, nt, scratch);
+  StepWeights<Isa, T> wsteps(direct ? 0 : max_rows, H, G * max_nj, nt, scratch);
   scratch.allocate(rnn_scratch_block<Isa, T>());
   wsteps.bind(scratch);
   T* xa = scratch.at(at_xa);
@@ -623,7 +624,7 @@ void rnn_forward(const RnnForwardArgs<T>& A) {
     }
   };
 
-  if (rnn_steps_direct(T_, B, GH * H * static_cast<int64_t>(sizeof(T)))) {
+  if (direct) {
     // A step or two (a cell, a decoding loop feeding one step at a time), or a few steps over a
     // W_hh far larger than L2: W_hh is read where it is, once per step, by the driver's GEMM (the
     // dot path for a few rows), instead of being transposed or packed for a time loop that would
@@ -796,11 +797,12 @@ void rnn_backward(const RnnBackwardArgs<T>& A) {
                at_dc = scratch.reserve(lstm ? B * H : 0), at_tmp = scratch.reserve(nt * max_rows * max_nj),
                at_pack = scratch.reserve((ps.a + ps.b) * nt), at_sx = scratch.reserve(B * GH),
                at_sh = scratch.reserve(gru ? B * H : 0);
-  StepWeights<Isa, T> wsteps(max_rows, GH, max_nj, nt, scratch);
+  const bool direct = rnn_steps_direct(T_, B, GH * H * static_cast<int64_t>(sizeof(T)));  // no time loop
+  StepWeights<Isa, T> wsteps(direct ? 0 : max_rows, GH, max_nj, nt, scratch);
   // Split by units with too few rows to prepack, each thread copies its columns of W_hh into a
   // contiguous (G H, nj) block at wcols + G H j0 (read in place they are rows H apart, which use
   // only some of L1's sets; see few_rows_gemm). LSTM B=1 T=128 H=128 backward, 2 threads: 600 -> 490 us.
-  const bool copy_columns = !split.by_rows && wsteps.per_thread == 0 && nt > 1;
+  const bool copy_columns = !direct && !split.by_rows && wsteps.per_thread == 0 && nt > 1;
   const size_t at_wcols = scratch.reserve(copy_columns ? GH * H : 0);
   scratch.allocate(rnn_scratch_block<Isa, T>());
   wsteps.bind(scratch);
@@ -863,7 +865,7 @@ void rnn_backward(const RnnBackwardArgs<T>& A) {
     }
   };
 
-  if (rnn_steps_direct(T_, B, GH * H * static_cast<int64_t>(sizeof(T)))) {
+  if (direct) {
     // As the forward (rnn_steps_direct): W_hh read in place by the GEMM driver, step by step, no
     // per-thread copies or packs. Backward at T=1, 2 threads: LSTM B=1 H=1024 3.08 -> 2.25 ms, B=8
     // H=512 723 -> 635 us, B=1 H=256 139 -> 112 us.
