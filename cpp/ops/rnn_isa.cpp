@@ -111,9 +111,10 @@ void few_rows_gemm(int64_t n, int64_t k, const T* a, int64_t lda, const T* b, in
 
 // One GEMM on the calling thread only (inside our parallel region): few rows -> few_rows_gemm;
 // else the dot path where the driver would take it, or the packed path with this thread's own
-// buffers (sized beforehand).
+// buffers (sized beforehand). few_rows_reverse: the few-rows kernel walks k backwards (a time
+// loop passes the step parity; see few_rows_gemm).
 template <class Isa, class T>
-void gemm_here(const GemmView<T>& v, T* abuf, T* bbuf, bool few_rows_reverse = false) {
+void gemm_here(const GemmView<T>& v, T* abuf, T* bbuf, bool few_rows_reverse) {
   if (v.m <= 0 || v.n <= 0) return;
   const bool plain = !v.trans_a && !v.trans_b && v.beta == T(0) && v.alpha == T(1);
   constexpr int64_t MR = GemmTraits<Isa, T>::MR;
