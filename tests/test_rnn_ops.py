@@ -232,6 +232,22 @@ def test_inference_mode(rng, cell):
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.parametrize("cell", CELLS)
+def test_native_workspace_does_not_copy_states(rng, cell):
+    # The states entering each step are read from y and h0 (cpp/ops/rnn.h), not copied: the
+    # workspace holds only the gate slots (LSTM 4 + c_prev + tanh c', GRU 4, RNN none).
+    T, B, H = 5, 3, 7
+    args = make(rng, cell, T, B, 4, H, np.float32, lengths=np.array([5, 2, 4]))
+    out, ws = run_forward(cell, args, reverse=True)
+    assert ws["ws"].size == {"lstm": 6, "gru": 4}.get(cell, 0) * T * B * H
+    assert ws["y"] is out[0]
+    grads = (np.ones_like(out[0]), np.ones_like(out[1])) + ((np.ones_like(out[2]),) if cell == "lstm" else ())
+    first = run_backward(cell, grads, ws)
+    again = run_backward(cell, grads, ws)  # the workspace and y are only read
+    for a, b in zip(first, again):
+        np.testing.assert_array_equal(a, b)
+
+
 # ------------------------------------------------------------------------------ gradient checks
 
 

@@ -153,7 +153,8 @@ py::tuple forward_impl(RnnCell cell, const py::array& x_arr, const py::array& h0
 template <class T>
 py::tuple backward_impl(RnnCell cell, const py::array& dy_arr, const py::array& dhn_arr, const OptArray& dcn_arr,
                         const py::array& x_arr, const py::array& wih_arr, const py::array& whh_arr,
-                        const OptArray& whr_arr, const OptArray& len_arr, bool reverse, const py::array& ws_arr) {
+                        const OptArray& whr_arr, const OptArray& len_arr, bool reverse, const py::array& ws_arr,
+                        const py::array& y_arr, const py::array& h0_arr) {
   const DType dt = std::is_same_v<T, float> ? DType::f32 : DType::f64;
   const int64_t G = rnn_gates(cell);
   if (x_arr.ndim() != 3 || wih_arr.ndim() != 2 || wih_arr.shape(0) % G != 0 || wih_arr.shape(0) == 0) {
@@ -172,11 +173,14 @@ py::tuple backward_impl(RnnCell cell, const py::array& dy_arr, const py::array& 
     P = whr_arr->shape(0);
   }
   for (auto [a, name] : {std::pair{&dhn_arr, "dh_n"}, std::pair{&x_arr, "x"}, std::pair{&wih_arr, "w_ih"},
-                         std::pair{&whh_arr, "w_hh"}, std::pair{&ws_arr, "workspace"}}) {
+                         std::pair{&whh_arr, "w_hh"}, std::pair{&ws_arr, "workspace"}, std::pair{&y_arr, "y"},
+                         std::pair{&h0_arr, "h0"}}) {
     expect_dtype(*a, dt, name, "grad_output");
   }
   expect_shape(dy_arr, {T_, B, P}, "dy");
   expect_shape(dhn_arr, {B, P}, "dh_n");
+  expect_shape(y_arr, {T_, B, P}, "y");
+  expect_shape(h0_arr, {B, P}, "h0");
   expect_shape(wih_arr, {G * H, I}, "w_ih");
   expect_shape(whh_arr, {G * H, P}, "w_hh");
   expect_shape(ws_arr, {T_ * B * (whr_arr ? lstm_proj_workspace_per_row(H, P) : H * rnn_workspace_per_unit(cell))},
@@ -193,6 +197,8 @@ py::tuple backward_impl(RnnCell cell, const py::array& dy_arr, const py::array& 
   auto wih = c_input<T>(wih_arr);
   auto whh = c_input<T>(whh_arr);
   auto ws = c_input<T>(ws_arr);
+  auto y = c_input<T>(y_arr);
+  auto h0 = c_input<T>(h0_arr);
   std::optional<CArray<T>> dcn, whr;
   if (lstm) dcn = c_input<T>(*dcn_arr);
   if (whr_arr) whr = c_input<T>(*whr_arr);
@@ -210,7 +216,7 @@ py::tuple backward_impl(RnnCell cell, const py::array& dy_arr, const py::array& 
   a.x = x.data(), a.w_ih = wih.data(), a.w_hh = whh.data();
   a.lengths = lengths ? lengths->data() : nullptr;
   a.reverse = reverse;
-  a.ws = ws.data();
+  a.ws = ws.data(), a.y = y.data(), a.h0 = h0.data();
   a.dx = dx.mutable_data(), a.dh0 = dh0.mutable_data(), a.dw_ih = dwih.mutable_data(), a.dw_hh = dwhh.mutable_data();
   a.db_ih = dbih.mutable_data(), a.db_hh = dbhh.mutable_data();
   if (whr) {
@@ -257,14 +263,15 @@ SEQBLOCKS_BINDINGS(rnn) {
       "rnn_layer_backward",
       [](int cell, const py::array& dy, const py::array& dh_n, const OptArray& dc_n, const py::array& x,
          const py::array& w_ih, const py::array& w_hh, const OptArray& w_hr, const OptArray& lengths, bool reverse,
-         const py::array& ws) {
+         const py::array& ws, const py::array& y, const py::array& h0) {
         const RnnCell c = cell_of(cell);
         return float_dtype_of(dy, "dy") == DType::f32
-                   ? backward_impl<float>(c, dy, dh_n, dc_n, x, w_ih, w_hh, w_hr, lengths, reverse, ws)
-                   : backward_impl<double>(c, dy, dh_n, dc_n, x, w_ih, w_hh, w_hr, lengths, reverse, ws);
+                   ? backward_impl<float>(c, dy, dh_n, dc_n, x, w_ih, w_hh, w_hr, lengths, reverse, ws, y, h0)
+                   : backward_impl<double>(c, dy, dh_n, dc_n, x, w_ih, w_hh, w_hr, lengths, reverse, ws, y, h0);
       },
       py::arg("cell"), py::arg("dy").noconvert(), py::arg("dh_n").noconvert(), py::arg("dc_n").none(true),
       py::arg("x").noconvert(), py::arg("w_ih").noconvert(), py::arg("w_hh").noconvert(),
       py::arg("w_hr").none(true), py::arg("lengths").none(true), py::arg("reverse"), py::arg("ws").noconvert(),
-      "Backward through time -> (dx, dh0, dc0 or None, dw_ih, dw_hh, db_ih, db_hh, dw_hr or None)");
+      py::arg("y").noconvert(), py::arg("h0").noconvert(),
+      "(y, h0: the forward's output and initial state) Backward through time -> (dx, dh0, dc0 or None, dw_ih, dw_hh, db_ih, db_hh, dw_hr or None)");
 }

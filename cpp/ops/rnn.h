@@ -26,10 +26,16 @@
 // GEMMs and the bias gradients column sums (rows summed in order: results do not depend on the
 // thread count).
 //
-// Workspace (training mode), per time index t, of rnn_workspace_elems(cell, T, B, H) elements:
-//   gates (T, B, S H): LSTM [i f g o] activations (S = 4), GRU [r z n a_h,n] (S = 4), RNN h' (S = 1)
-//   hprev (T, B, H): the state h entering step t
+// Workspace (training mode), T B H rnn_workspace_per_unit(cell) elements:
+//   gates (T, B, S H): LSTM [i f g o] activations (S = 4), GRU [r z n a_h,n] (S = 4); RNN none
 //   LSTM only: cprev (T, B, H) and tanh(c') (T, B, H)
+// The backward also reads the forward's output y and h0 (RnnBackwardArgs), which hold every other
+// state it needs, so the workspace does not copy them: an RNN's h' is y[t] (its activation
+// derivative needs nothing else), and the state entering step t of an active row is
+//   forward:  y[t-1] for t >= 1, h0 at t = 0;
+//   reverse:  y[t+1] for t + 1 < length, h0 at t = length - 1
+// (an active step's neighbour on the input side is active too, inactive steps have zero gate
+// gradients). The RNN keeps no workspace at all; LSTM 7 -> 6 and GRU 5 -> 4 slots per unit.
 #pragma once
 
 #include <cstdint>
@@ -42,9 +48,7 @@ enum class RnnCell : int { lstm = 0, gru = 1, rnn_tanh = 2, rnn_relu = 3 };
 
 static inline int64_t rnn_gates(RnnCell c) { return c == RnnCell::lstm ? 4 : c == RnnCell::gru ? 3 : 1; }
 
-static inline int64_t rnn_workspace_per_unit(RnnCell c) {
-  return c == RnnCell::lstm ? 4 + 1 + 2 : c == RnnCell::gru ? 4 + 1 : 1 + 1;
-}
+static inline int64_t rnn_workspace_per_unit(RnnCell c) { return c == RnnCell::lstm ? 4 + 2 : c == RnnCell::gru ? 4 : 0; }
 
 template <class T>
 struct RnnForwardArgs {
@@ -83,6 +87,8 @@ struct RnnBackwardArgs {
   const int64_t* lengths;
   bool reverse;
   const T* ws;  // the forward's workspace
+  const T* y;   // (T, B, H): the forward's output (read, with h0, for the states entering each step)
+  const T* h0;  // (B, H): the forward's initial state
   T* dx;        // (T, B, I)
   T* dh0;       // (B, H)
   T* dc0;       // (B, H), LSTM only

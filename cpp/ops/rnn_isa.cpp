@@ -423,7 +423,7 @@ void activate_gates(const T* xa, int64_t xs, T* ha, int64_t nj, int64_t g0, int6
 // ha: this row of the recurrent product, overwritten with the gate activations.
 template <class Isa, class T>
 void lstm_gates_row(const T* xa, int64_t xs, T* ha, int64_t H, int64_t nj, int64_t j0, const T* hcur,
-                    T* hnext, T* c, T* y, T* ws_g, T* ws_hprev, T* ws_cprev, T* ws_tc, bool active) {
+                    T* hnext, T* c, T* y, T* ws_g, T* ws_cprev, T* ws_tc, bool active) {
   using V = Vec<Isa, T>;
   if (active) {  // i, f = sigmoid; g = tanh; o = sigmoid
     activate_gates<Isa, T, false>(xa, xs, ha, nj, 0, 2);
@@ -432,10 +432,8 @@ void lstm_gates_row(const T* xa, int64_t xs, T* ha, int64_t H, int64_t nj, int64
   }
   for_lanes<Isa, T>(nj, [&](auto L, int64_t jj) {
     const int64_t j = j0 + jj;
-    const auto hp = L.ld(hcur + j);
-    if (ws_hprev) L.st(ws_hprev + j, hp);
     if (!active) {
-      L.st(hnext + j, hp);
+      L.st(hnext + j, L.ld(hcur + j));
       L.st(y + j, V::zero());
       return;
     }
@@ -461,13 +459,12 @@ void lstm_gates_row(const T* xa, int64_t xs, T* ha, int64_t H, int64_t nj, int64
 // ha: this row of the recurrent product; r and z overwrite its first two gate blocks.
 template <class Isa, class T>
 void gru_gates_row(const T* xa, int64_t xs, T* ha, int64_t H, int64_t nj, int64_t j0, const T* hcur,
-                   T* hnext, T* y, T* ws_g, T* ws_hprev, bool active) {
+                   T* hnext, T* y, T* ws_g, bool active) {
   using V = Vec<Isa, T>;
   if (active) activate_gates<Isa, T, false>(xa, xs, ha, nj, 0, 2);  // r, z = sigmoid
   for_lanes<Isa, T>(nj, [&](auto L, int64_t jj) {
     const int64_t j = j0 + jj;
     const auto hp = L.ld(hcur + j);
-    if (ws_hprev) L.st(ws_hprev + j, hp);
     if (!active) {
       L.st(hnext + j, hp);
       L.st(y + j, V::zero());
@@ -491,14 +488,12 @@ void gru_gates_row(const T* xa, int64_t xs, T* ha, int64_t H, int64_t nj, int64_
 
 template <class Isa, class T>
 void rnn_gates_row(const T* xa, const T* ha, int64_t nj, int64_t j0, bool relu, const T* hcur, T* hnext, T* y,
-                   T* ws_g, T* ws_hprev, bool active) {
+                   bool active) {
   using V = Vec<Isa, T>;
   for_lanes<Isa, T>(nj, [&](auto L, int64_t jj) {
     const int64_t j = j0 + jj;
-    const auto hp = L.ld(hcur + j);
-    if (ws_hprev) L.st(ws_hprev + j, hp);
     if (!active) {
-      L.st(hnext + j, hp);
+      L.st(hnext + j, L.ld(hcur + j));
       L.st(y + j, V::zero());
       return;
     }
@@ -506,7 +501,6 @@ void rnn_gates_row(const T* xa, const T* ha, int64_t nj, int64_t j0, bool relu, 
     const auto hn = relu ? V::max(V::zero(), a) : math::tanh<Isa, T>(a);
     L.st(hnext + j, hn);
     L.st(y + j, hn);
-    if (ws_g) L.st(ws_g + j, hn);
   });
 }
 
@@ -599,10 +593,9 @@ void rnn_forward(const RnnForwardArgs<T>& A) {
   }
   std::memcpy(hbuf, A.h0, sizeof(T) * B * H);
   if (lstm) std::memcpy(cstate, A.c0, sizeof(T) * B * H);
-  const int64_t S = rnn_workspace_per_unit(A.cell) - 1 - (lstm ? 2 : 0);  // gate slots in ws
-  T* ws_g = A.ws;
-  T* ws_hprev = A.ws ? A.ws + T_ * B * S * H : nullptr;
-  T* ws_cprev = A.ws && lstm ? ws_hprev + T_ * B * H : nullptr;
+  const int64_t S = rnn_workspace_per_unit(A.cell) - (lstm ? 2 : 0);  // gate slots in ws (rnn.h)
+  T* ws_g = A.ws && S > 0 ? A.ws : nullptr;
+  T* ws_cprev = A.ws && lstm ? A.ws + T_ * B * S * H : nullptr;
   T* ws_tc = A.ws && lstm ? ws_cprev + T_ * B * H : nullptr;
   const bool gh_bias = gru && A.b_hh;
 
@@ -614,14 +607,13 @@ void rnn_forward(const RnnForwardArgs<T>& A) {
     const T* xr = xa + row * GH + j0;
     T* yr = A.y + row * H;
     T* wsg = ws_g ? ws_g + row * S * H : nullptr;
-    T* wsh = ws_hprev ? ws_hprev + row * H : nullptr;
     if (lstm) {
-      lstm_gates_row<Isa, T>(xr, H, hr, H, nj, j0, hcur + b * H, hnext + b * H, cstate + b * H, yr, wsg, wsh,
+      lstm_gates_row<Isa, T>(xr, H, hr, H, nj, j0, hcur + b * H, hnext + b * H, cstate + b * H, yr, wsg,
                              ws_cprev ? ws_cprev + row * H : nullptr, ws_tc ? ws_tc + row * H : nullptr, act);
     } else if (gru) {
-      gru_gates_row<Isa, T>(xr, H, hr, H, nj, j0, hcur + b * H, hnext + b * H, yr, wsg, wsh, act);
+      gru_gates_row<Isa, T>(xr, H, hr, H, nj, j0, hcur + b * H, hnext + b * H, yr, wsg, act);
     } else {
-      rnn_gates_row<Isa, T>(xr, hr, nj, j0, relu, hcur + b * H, hnext + b * H, yr, wsg, wsh, act);
+      rnn_gates_row<Isa, T>(xr, hr, nj, j0, relu, hcur + b * H, hnext + b * H, yr, act);
     }
   };
 
@@ -783,11 +775,16 @@ void rnn_backward(const RnnBackwardArgs<T>& A) {
   const RnnSplit split = rnn_split<Isa, T>(H, B, G, A.nthreads);
   const int nt = split.nt;
   const int64_t max_nj = split.max_units, max_rows = split.max_rows;
-  const int64_t S = rnn_workspace_per_unit(A.cell) - 1 - (lstm ? 2 : 0);
+  const int64_t S = rnn_workspace_per_unit(A.cell) - (lstm ? 2 : 0);  // gate slots in ws (rnn.h)
   const T* ws_g = A.ws;
-  const T* ws_hprev = A.ws + T_ * B * S * H;
-  const T* ws_cprev = lstm ? ws_hprev + T_ * B * H : nullptr;
+  const T* ws_cprev = lstm ? A.ws + T_ * B * S * H : nullptr;
   const T* ws_tc = lstm ? ws_cprev + T_ * B * H : nullptr;
+  // The state (H) that entered step t of row b, an active row (rnn.h): a row of y or of h0.
+  auto h_entering = [&](int64_t t, int64_t b) -> const T* {
+    if (!A.reverse) return t > 0 ? A.y + ((t - 1) * B + b) * H : A.h0 + b * H;
+    const int64_t len = A.lengths ? A.lengths[b] : T_;
+    return t + 1 < len ? A.y + ((t + 1) * B + b) * H : A.h0 + b * H;
+  };
 
   const PackSizes<Isa, T> ps(max_rows, max_nj, GH);
   // Temporaries (Scratch): da = d(input projection), GRU's dah = d(recurrent product) and dhz,
@@ -797,7 +794,7 @@ void rnn_backward(const RnnBackwardArgs<T>& A) {
                at_dhz = scratch.reserve(gru ? B * H : 0), at_dh = scratch.reserve(B * H),
                at_dc = scratch.reserve(lstm ? B * H : 0), at_tmp = scratch.reserve(nt * max_rows * max_nj),
                at_pack = scratch.reserve((ps.a + ps.b) * nt), at_sx = scratch.reserve(B * GH),
-               at_sh = scratch.reserve(gru ? B * H : 0);
+               at_sh = scratch.reserve(gru ? B * H : 0), at_first = scratch.reserve(A.reverse && A.lengths ? B * GH : 0);
   const bool direct = rnn_steps_direct(T_, B, GH * H * static_cast<int64_t>(sizeof(T)));  // no time loop
   StepWeights<Isa, T> wsteps(direct ? 0 : max_rows, GH, max_nj, nt, scratch);
   // Split by units with too few rows to prepack, each thread copies its columns of W_hh into a
@@ -846,10 +843,10 @@ void rnn_backward(const RnnBackwardArgs<T>& A) {
       lstm_grad_row<Isa, T>(dyr, dh + b * H, dc + b * H, ws_g + row * S * H, ws_cprev + row * H, ws_tc + row * H,
                             H, nj, j0, dar);
     } else if (gru) {
-      gru_grad_row<Isa, T>(dyr, dh + b * H, ws_g + row * S * H, ws_hprev + row * H, H, nj, j0, dar,
+      gru_grad_row<Isa, T>(dyr, dh + b * H, ws_g + row * S * H, h_entering(t, b), H, nj, j0, dar,
                            dah + row * GH, dhz + b * H);
-    } else {
-      rnn_grad_row<Isa, T>(dyr, dh + b * H, ws_g + row * H, relu, nj, j0, dar);
+    } else {  // h' is the row's output
+      rnn_grad_row<Isa, T>(dyr, dh + b * H, A.y + row * H, relu, nj, j0, dar);
     }
     add_units<Isa, T>(dar, G, H, j0, nj, sum_x + b * GH);
     if (gru) add_units<Isa, T>(dah + row * GH + 2 * H, 1, H, j0, nj, sum_h + b * H);
@@ -926,17 +923,33 @@ void rnn_backward(const RnnBackwardArgs<T>& A) {
   std::memcpy(A.dh0, dh, sizeof(T) * B * H);
   if (lstm) std::memcpy(A.dc0, dc, sizeof(T) * B * H);
   const int64_t R = T_ * B;
-  // dx (T B, I) = dA_x W_ih;  dW_ih = dA_x^T x;  dW_hh = dA_h^T hprev;  biases: column sums.
-  // The two weight gradients (G H x I and G H x H, k = T B) run as a pair: at two threads each
-  // whole on its own core, nothing split (T=64 B=32 I=H=256, 2 threads, whole backward: RNN
-  // 4.08 -> 3.83 ms, GRU 12.09 -> 11.75, LSTM even; pairing dx with dW_ih measured no faster).
+  // dx (T B, I) = dA_x W_ih;  dW_ih = dA_x^T x;  dW_hh = sum over (t, b) of dA_h[t, b]^T (state
+  // entering step t of row b);  biases: column sums.
   gemm_full<Isa, T>(R, I, GH, da, GH, false, A.w_ih, I, false, A.dx, I, nullptr, A.nthreads);
+  // dW_hh in two parts (see h_entering): the steps whose entering state is h0, one per row, then
+  // += the others against y shifted by one step, (T-1) B rows of dA_h:
+  //   forward:  dA_h[0]^T h0  +  dA_h[1:]^T y[:-1]
+  //   reverse:  (dA_h[length_b - 1, b] for each b)^T h0  +  dA_h[:-1]^T y[1:]
+  // In the reverse sum, a row shorter than T meets its h0 step inside dA_h[:-1] too, against
+  // y[length_b, b] = 0 (inactive), and its steps past length_b have dA_h = 0.
+  const T* dA_first = dA_h + (A.reverse ? (T_ - 1) * B * GH : 0);
+  if (A.reverse && A.lengths) {
+    T* gathered = scratch.at(at_first);  // (B, G H)
+    for (int64_t b = 0; b < B; ++b) std::memcpy(gathered + b * GH, dA_h + ((A.lengths[b] - 1) * B + b) * GH, sizeof(T) * GH);
+    dA_first = gathered;
+  }
+  gemm_full<Isa, T>(GH, H, B, dA_first, GH, true, A.h0, H, false, A.dw_hh, H, nullptr, A.nthreads);
+  // The two weight-gradient products (G H x I and G H x H, k = T B and (T-1) B) run as a pair: at
+  // two threads each whole on its own core, nothing split (T=64 B=32 I=H=256, 2 threads, whole
+  // backward: RNN 4.08 -> 3.83 ms, GRU 12.09 -> 11.75, LSTM even; pairing dx with dW_ih measured
+  // no faster).
   GemmProblem<T> dw_ih, dw_hh;
   dw_ih.m = GH, dw_ih.n = I, dw_ih.k = R, dw_ih.a = da, dw_ih.lda = GH, dw_ih.trans_a = true;
   dw_ih.b = A.x, dw_ih.ldb = I, dw_ih.c = A.dw_ih, dw_ih.ldc = I;
-  dw_hh.m = GH, dw_hh.n = H, dw_hh.k = R, dw_hh.a = dA_h, dw_hh.lda = GH, dw_hh.trans_a = true;
-  dw_hh.b = ws_hprev, dw_hh.ldb = H, dw_hh.c = A.dw_hh, dw_hh.ldc = H;
-  gemm_pair<Isa, T>(&dw_ih, &dw_hh, A.nthreads);
+  dw_hh.m = GH, dw_hh.n = H, dw_hh.k = R - B, dw_hh.lda = GH, dw_hh.trans_a = true;
+  dw_hh.a = A.reverse ? dA_h : dA_h + B * GH;
+  dw_hh.b = A.reverse ? A.y + B * H : A.y, dw_hh.ldb = H, dw_hh.c = A.dw_hh, dw_hh.ldc = H, dw_hh.beta = T(1);
+  gemm_pair<Isa, T>(&dw_ih, T_ > 1 ? &dw_hh : nullptr, A.nthreads);
   column_sums<Isa, T>(sum_x, B, GH, A.db_ih, 1);
   if (gru) {
     std::memcpy(A.db_hh, A.db_ih, sizeof(T) * 2 * H);
@@ -1033,7 +1046,7 @@ void lstm_proj_forward(const RnnForwardArgs<T>& A) {
           lstm_gates_row<Isa, T>(xa.get() + row * GH + j0, H, hap + b * G * nj, H, nj, j0, hraw.data() + b * H,
                                  hraw.data() + b * H, cstate.data() + b * H,
                                  ws_hraw ? ws_hraw + row * H : ydummy.data() + p * H, ws_g ? ws_g + row * GH : nullptr,
-                                 nullptr, ws_cprev ? ws_cprev + row * H : nullptr, ws_tc ? ws_tc + row * H : nullptr,
+                                 ws_cprev ? ws_cprev + row * H : nullptr, ws_tc ? ws_tc + row * H : nullptr,
                                  true);
         }
       }

@@ -120,7 +120,8 @@ def _native_forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, n
         return out, None
     op = "lstm_layer" if cell == "lstm" else "gru_layer" if cell == "gru" else "rnn_layer"
     return out, {"op": op, "backend": "native", "cell": cell, "x": x, "w_ih": _c(w_ih), "w_hh": _c(w_hh),
-                 "w_hr": _c(w_hr), "lengths": lengths, "reverse": bool(reverse), "ws": ws, "dtype": x.dtype, "H": H,
+                 "w_hr": _c(w_hr), "lengths": lengths, "reverse": bool(reverse), "ws": ws, "y": y, "h0": h0c,
+                 "dtype": x.dtype, "H": H,
                  "Ho": Ho,
                  "has": (h0 is not None, c0 is not None, b_ih is not None, b_hh is not None)}
 
@@ -131,7 +132,7 @@ def _native_backward(grads, ws):
     dc_n = grads[2] if cell == "lstm" else None
     dx, dh0, dc0, dwi, dwh, dbi, dbh, dwr = _core.rnn_layer_backward(
         _CELL[cell], dy, dh_n, dc_n, _c(ws["x"]), ws["w_ih"], ws["w_hh"], ws["w_hr"], ws["lengths"], ws["reverse"],
-        ws["ws"])
+        ws["ws"], ws["y"], ws["h0"])
     has_h0, has_c0, has_bi, has_bh = ws["has"]
     head = (dx, dh0 if has_h0 else None) + ((dc0 if has_c0 else None,) if cell == "lstm" else ())
     tail = (dwi, dwh, dbi if has_bi else None, dbh if has_bh else None)
