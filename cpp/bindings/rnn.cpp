@@ -273,5 +273,6 @@ SEQBLOCKS_BINDINGS(rnn) {
       py::arg("x").noconvert(), py::arg("w_ih").noconvert(), py::arg("w_hh").noconvert(),
       py::arg("w_hr").none(true), py::arg("lengths").none(true), py::arg("reverse"), py::arg("ws").noconvert(),
       py::arg("y").noconvert(), py::arg("h0").noconvert(),
-      "(y, h0: the forward's output and initial state) Backward through time -> (dx, dh0, dc0 or None, dw_ih, dw_hh, db_ih, db_hh, dw_hr or None)");
+      "Backward through time (y, h0: the forward's output and initial state) -> (dx, dh0, dc0 or None, dw_ih, "
+      "dw_hh, db_ih, db_hh, dw_hr or None)");
 }

@@ -48,7 +48,9 @@ enum class RnnCell : int { lstm = 0, gru = 1, rnn_tanh = 2, rnn_relu = 3 };
 
 static inline int64_t rnn_gates(RnnCell c) { return c == RnnCell::lstm ? 4 : c == RnnCell::gru ? 3 : 1; }
 
-static inline int64_t rnn_workspace_per_unit(RnnCell c) { return c == RnnCell::lstm ? 4 + 2 : c == RnnCell::gru ? 4 : 0; }
+static inline int64_t rnn_workspace_per_unit(RnnCell c) {
+  return c == RnnCell::lstm ? 4 + 2 : c == RnnCell::gru ? 4 : 0;
+}
 
 template <class T>
 struct RnnForwardArgs {

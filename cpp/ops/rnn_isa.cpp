@@ -794,7 +794,8 @@ void rnn_backward(const RnnBackwardArgs<T>& A) {
                at_dhz = scratch.reserve(gru ? B * H : 0), at_dh = scratch.reserve(B * H),
                at_dc = scratch.reserve(lstm ? B * H : 0), at_tmp = scratch.reserve(nt * max_rows * max_nj),
                at_pack = scratch.reserve((ps.a + ps.b) * nt), at_sx = scratch.reserve(B * GH),
-               at_sh = scratch.reserve(gru ? B * H : 0), at_first = scratch.reserve(A.reverse && A.lengths ? B * GH : 0);
+               at_sh = scratch.reserve(gru ? B * H : 0),
+               at_first = scratch.reserve(A.reverse && A.lengths ? B * GH : 0);
   const bool direct = rnn_steps_direct(T_, B, GH * H * static_cast<int64_t>(sizeof(T)));  // no time loop
   StepWeights<Isa, T> wsteps(direct ? 0 : max_rows, GH, max_nj, nt, scratch);
   // Split by units with too few rows to prepack, each thread copies its columns of W_hh into a
@@ -935,7 +936,9 @@ void rnn_backward(const RnnBackwardArgs<T>& A) {
   const T* dA_first = dA_h + (A.reverse ? (T_ - 1) * B * GH : 0);
   if (A.reverse && A.lengths) {
     T* gathered = scratch.at(at_first);  // (B, G H)
-    for (int64_t b = 0; b < B; ++b) std::memcpy(gathered + b * GH, dA_h + ((A.lengths[b] - 1) * B + b) * GH, sizeof(T) * GH);
+    for (int64_t b = 0; b < B; ++b) {
+      std::memcpy(gathered + b * GH, dA_h + ((A.lengths[b] - 1) * B + b) * GH, sizeof(T) * GH);
+    }
     dA_first = gathered;
   }
   gemm_full<Isa, T>(GH, H, B, dA_first, GH, true, A.h0, H, false, A.dw_hh, H, nullptr, A.nthreads);
