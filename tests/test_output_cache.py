@@ -1,5 +1,6 @@
 """Outputs of at least 256 KiB come from blocks that are reused after NumPy frees them
-(cpp/bindings/output_cache.h); seqblocks.empty_cache() frees the held blocks."""
+(cpp/bindings/output_cache.h); seqblocks.empty_cache() frees the held blocks and the calling
+thread's scratch buffers (cpp/gemm/workspace.h)."""
 
 import pickle
 import threading
@@ -51,6 +52,24 @@ def test_empty_cache_releases_held_blocks_only(rng):
     assert seqblocks.empty_cache() == 0
 
 
+def test_empty_cache_frees_the_threads_scratch_and_kernels_regrow_it(rng):
+    # A recurrent layer keeps its temporaries (here the input projection, T B 4H floats) and the
+    # GEMM its packing buffers in blocks of the calling thread (gemm/workspace.h).
+    T, B, I, H = 16, 8, 24, 40
+    x = rng.standard_normal((T, B, I)).astype(np.float32)
+    h0 = np.zeros((B, H), np.float32)
+    w_ih = rng.standard_normal((4 * H, I)).astype(np.float32) * 0.1
+    w_hh = rng.standard_normal((4 * H, H)).astype(np.float32) * 0.1
+    first, _ = ops.lstm_layer_forward(x, h0, h0, w_ih, w_hh, needs_grad=False)
+    released = seqblocks.empty_cache()
+    assert released >= T * B * 4 * H * 4
+    assert _core.thread_buffers_release() == 0  # nothing left to free
+    again, _ = ops.lstm_layer_forward(x, h0, h0, w_ih, w_hh, needs_grad=False)
+    for a, b in zip(first, again):
+        np.testing.assert_array_equal(a, b)
+    assert _core.thread_buffers_release() >= T * B * 4 * H * 4  # grown back by the call
+
+
 def test_outputs_pickle_copy_and_outlive_their_producer(rng):
     x = rng.standard_normal((BIG // 32, 32)).astype(np.float32)
     w = rng.standard_normal((32, 32)).astype(np.float32)
@@ -86,6 +105,35 @@ def test_concurrent_python_threads(rng):
         t.start()
     for t in threads:
         t.join()
+    assert not errors
+
+
+def test_empty_cache_while_another_thread_runs_kernels(rng):
+    # Each thread frees only its own blocks: a kernel running on another Python thread keeps its.
+    x = rng.standard_normal((12, 6, 32)).astype(np.float32)
+    h0 = np.zeros((6, 48), np.float32)
+    w_ih = rng.standard_normal((4 * 48, 32)).astype(np.float32) * 0.1
+    w_hh = rng.standard_normal((4 * 48, 48)).astype(np.float32) * 0.1
+    expected = ops.lstm_layer_forward(x, h0, h0, w_ih, w_hh, needs_grad=False)[0][0]
+    errors = []
+    stop = threading.Event()
+
+    def work():
+        while not stop.is_set():
+            y = ops.lstm_layer_forward(x, h0, h0, w_ih, w_hh, needs_grad=False)[0][0]
+            if not np.array_equal(y, expected):
+                errors.append("mismatch")
+
+    worker = threading.Thread(target=work)
+    worker.start()
+    try:
+        for _ in range(200):
+            seqblocks.empty_cache()
+            np.testing.assert_array_equal(ops.lstm_layer_forward(x, h0, h0, w_ih, w_hh, needs_grad=False)[0][0],
+                                          expected)
+    finally:
+        stop.set()
+        worker.join()
     assert not errors
 
 

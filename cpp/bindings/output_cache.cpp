@@ -1,4 +1,5 @@
-// The output cache of output_cache.h, and seqblocks.empty_cache().
+// The output cache of output_cache.h, and seqblocks.empty_cache() (which also frees the calling
+// thread's scratch and packing buffers, gemm/workspace.h).
 #include "bindings/output_cache.h"
 
 #include <pybind11/stl.h>
@@ -12,6 +13,7 @@
 #include <vector>
 
 #include "bindings/registry.h"
+#include "gemm/workspace.h"
 
 namespace seqblocks {
 namespace {
@@ -112,6 +114,9 @@ SEQBLOCKS_BINDINGS(output_cache) {
       "an uninitialised C-contiguous array, from the output cache when large (for Python-side copies)");
   m.def("output_cache_clear", &output_cache_clear, "free every held output block; returns the bytes released");
   m.def("output_cache_held", &output_cache_held, "bytes of freed output blocks held for reuse");
+  m.def("thread_buffers_release", &release_thread_buffers,
+        "free the calling thread's scratch and packing buffers (they grow again on their next use); "
+        "returns the bytes released");
   m.attr("output_cache_min_bytes") = kMinCachedBytes;
   m.attr("output_cache_limit_bytes") = kCacheLimitBytes;
 }

@@ -73,13 +73,16 @@ def get_num_threads() -> int:
 
 
 def empty_cache() -> int:
-    """Free the blocks seqblocks holds for reuse by later outputs and return their size in bytes.
+    """Free the memory seqblocks holds for reuse and return its size in bytes.
 
     Outputs of the native ops of at least 256 KiB (activations, gradients, workspaces) are carved
     from blocks that are kept, up to 1 GiB in all, when NumPy frees the arrays, and reused by
     later outputs of a similar size: fresh memory would be page-faulted in and zeroed by the OS
-    on every call (docs/ops.md, "Output memory")."""
-    return int(_core.output_cache_clear())
+    on every call (docs/ops.md, "Output memory"). The kernels' temporaries (a recurrent layer's
+    input projection and gradients, GEMM packing buffers) live in blocks kept per calling thread
+    and grown to the largest call so far; those of the calling thread are freed too (other
+    threads' blocks, at most a few MiB of packing each for OpenMP workers, stay)."""
+    return int(_core.output_cache_clear()) + int(_core.thread_buffers_release())
 
 
 def cpu_info() -> dict:
