@@ -36,6 +36,8 @@
 //   reverse:  y[t+1] for t + 1 < length, h0 at t = length - 1
 // (an active step's neighbour on the input side is active too, inactive steps have zero gate
 // gradients). The RNN keeps no workspace at all; LSTM 7 -> 6 and GRU 5 -> 4 slots per unit.
+// The forward also uses the gate slots for the input projection before the gate kernel
+// overwrites them (rnn_forward), so training needs no separate (T, B, G H) temporary.
 #pragma once
 
 #include <cstdint>

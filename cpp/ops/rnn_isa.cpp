@@ -538,18 +538,32 @@ void rnn_forward(const RnnForwardArgs<T>& A) {
   const int nt = split.nt;
   const int64_t max_nj = split.max_units, max_rows = split.max_rows;
 
-  // The temporaries (Scratch): xa, wp (units split only), the per-thread recurrent products ha,
-  // packing buffers, prepacked step weights, h (double-buffered) and c.
+  // Gate slots of the workspace (rnn.h): (T, B, S H), LSTM [i f g o], GRU [r z n a_h,n]; none for
+  // the RNN or in inference.
+  const int64_t S = rnn_workspace_per_unit(A.cell) - (lstm ? 2 : 0);
+  T* ws_g = A.ws && S > 0 ? A.ws : nullptr;
+  T* ws_cprev = A.ws && lstm ? A.ws + T_ * B * S * H : nullptr;
+  T* ws_tc = A.ws && lstm ? ws_cprev + T_ * B * H : nullptr;
+  // The input projection xa (T B rows of G gate blocks of H, rows xa_ld apart). In training it is
+  // written into the gate slots, which hold the same blocks at the same offsets of each row: the
+  // gate kernel reads a row's pre-activations from there and overwrites them with the
+  // activations (each unit's, after reading them), so no separate (T, B, G H) array is written
+  // and read back, and the stores hit lines the loads just brought in.
+  const bool xa_in_ws = ws_g != nullptr;
+  const int64_t xa_ld = xa_in_ws ? S * H : GH;
+
+  // The temporaries (Scratch): xa (inference and the RNN), wp (units split only), the per-thread
+  // recurrent products ha, packing buffers, prepacked step weights, h (double-buffered) and c.
   const PackSizes<Isa, T> ps(max_rows, G * max_nj, H);
   Scratch<T> scratch;
   const bool direct = rnn_steps_direct(T_, B, GH * H * static_cast<int64_t>(sizeof(T)));  // no time loop
-  const size_t at_xa = scratch.reserve(T_ * B * GH), at_wp = scratch.reserve(split.by_rows || direct ? 0 : GH * H),
+  const size_t at_xa = scratch.reserve(xa_in_ws ? 0 : T_ * B * GH), at_wp = scratch.reserve(split.by_rows || direct ? 0 : GH * H),
                at_ha = scratch.reserve(nt * max_rows * G * max_nj), at_pack = scratch.reserve((ps.a + ps.b) * nt),
                at_h = scratch.reserve(2 * B * H), at_c = scratch.reserve(lstm ? B * H : 0);
   StepWeights<Isa, T> wsteps(direct ? 0 : max_rows, H, G * max_nj, nt, scratch);
   scratch.allocate(rnn_scratch_block<Isa, T>());
   wsteps.bind(scratch);
-  T* xa = scratch.at(at_xa);
+  T* xa = xa_in_ws ? ws_g : scratch.at(at_xa);
   T* wp = scratch.at(at_wp);
   T* ha = scratch.at(at_ha);
   T* packbuf = scratch.at(at_pack);
@@ -572,7 +586,7 @@ void rnn_forward(const RnnForwardArgs<T>& A) {
       bias_x[k] = bi + bh;
     }
   }
-  gemm_full<Isa, T>(T_ * B, GH, I, A.x, I, false, A.w_ih, I, true, xa, GH, any_bias ? bias_x.data() : nullptr,
+  gemm_full<Isa, T>(T_ * B, GH, I, A.x, I, false, A.w_ih, I, true, xa, xa_ld, any_bias ? bias_x.data() : nullptr,
                     A.nthreads);
 
   // W_hh^T with its columns permuted so each slice's G gate blocks are contiguous, one (H, G nj)
@@ -593,10 +607,6 @@ void rnn_forward(const RnnForwardArgs<T>& A) {
   }
   std::memcpy(hbuf, A.h0, sizeof(T) * B * H);
   if (lstm) std::memcpy(cstate, A.c0, sizeof(T) * B * H);
-  const int64_t S = rnn_workspace_per_unit(A.cell) - (lstm ? 2 : 0);  // gate slots in ws (rnn.h)
-  T* ws_g = A.ws && S > 0 ? A.ws : nullptr;
-  T* ws_cprev = A.ws && lstm ? A.ws + T_ * B * S * H : nullptr;
-  T* ws_tc = A.ws && lstm ? ws_cprev + T_ * B * H : nullptr;
   const bool gh_bias = gru && A.b_hh;
 
   // The gate kernel for row b of step t, units [j0, j0 + nj): hr is the row's recurrent product
@@ -604,7 +614,7 @@ void rnn_forward(const RnnForwardArgs<T>& A) {
   auto gates_row = [&](int64_t t, int64_t b, T* hr, int64_t j0, int64_t nj, const T* hcur, T* hnext) {
     const bool act = row_active(A.lengths, b, t);
     const int64_t row = t * B + b;
-    const T* xr = xa + row * GH + j0;
+    const T* xr = xa + row * xa_ld + j0;
     T* yr = A.y + row * H;
     T* wsg = ws_g ? ws_g + row * S * H : nullptr;
     if (lstm) {
@@ -676,7 +686,7 @@ void rnn_forward(const RnnForwardArgs<T>& A) {
         // arrives while the recurrent GEMM runs (measured: the gate kernel's loads of xa were
         // about a fifth of its time).
         for (int64_t b = r0; b < r1; ++b) {
-          for (int64_t g = 0; g < G; ++g) prefetch_l2(xa + (t * B + b) * GH + g * H + j0, nj);
+          for (int64_t g = 0; g < G; ++g) prefetch_l2(xa + (t * B + b) * xa_ld + g * H + j0, nj);
         }
         // ha (rows, G nj) = h[rows] W_hh[own units]^T (+ b_hh for GRU)
         const GemmView<T> v{r1 - r0, G * nj, H, hcur + r0 * H, H, false, wblk, ldw, wtrans, hap, G * nj, T(1), T(0),
