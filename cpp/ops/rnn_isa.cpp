@@ -548,22 +548,24 @@ void rnn_forward(const RnnForwardArgs<T>& A) {
   // written into the gate slots, which hold the same blocks at the same offsets of each row: the
   // gate kernel reads a row's pre-activations from there and overwrites them with the
   // activations (each unit's, after reading them), so no separate (T, B, G H) array is written
-  // and read back, and the stores hit lines the loads just brought in.
-  const bool xa_in_ws = ws_g != nullptr;
+  // and read back, and the stores hit lines the loads just brought in. The RNN's (G = 1) goes into
+  // y the same way: its gate kernel turns each pre-activation into the output in place.
+  const bool xa_in_ws = ws_g != nullptr, xa_in_y = G == 1;
   const int64_t xa_ld = xa_in_ws ? S * H : GH;
 
-  // The temporaries (Scratch): xa (inference and the RNN), wp (units split only), the per-thread
+  // The temporaries (Scratch): xa (LSTM and GRU inference), wp (units split only), the per-thread
   // recurrent products ha, packing buffers, prepacked step weights, h (double-buffered) and c.
   const PackSizes<Isa, T> ps(max_rows, G * max_nj, H);
   Scratch<T> scratch;
   const bool direct = rnn_steps_direct(T_, B, GH * H * static_cast<int64_t>(sizeof(T)));  // no time loop
-  const size_t at_xa = scratch.reserve(xa_in_ws ? 0 : T_ * B * GH), at_wp = scratch.reserve(split.by_rows || direct ? 0 : GH * H),
+  const size_t at_xa = scratch.reserve(xa_in_ws || xa_in_y ? 0 : T_ * B * GH),
+               at_wp = scratch.reserve(split.by_rows || direct ? 0 : GH * H),
                at_ha = scratch.reserve(nt * max_rows * G * max_nj), at_pack = scratch.reserve((ps.a + ps.b) * nt),
                at_h = scratch.reserve(2 * B * H), at_c = scratch.reserve(lstm ? B * H : 0);
   StepWeights<Isa, T> wsteps(direct ? 0 : max_rows, H, G * max_nj, nt, scratch);
   scratch.allocate(rnn_scratch_block<Isa, T>());
   wsteps.bind(scratch);
-  T* xa = xa_in_ws ? ws_g : scratch.at(at_xa);
+  T* xa = xa_in_ws ? ws_g : xa_in_y ? A.y : scratch.at(at_xa);
   T* wp = scratch.at(at_wp);
   T* ha = scratch.at(at_ha);
   T* packbuf = scratch.at(at_pack);
