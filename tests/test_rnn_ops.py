@@ -415,6 +415,15 @@ def test_bad_input(rng, backend, cell):
             run_backward(cell, (grads[0], grads[1].astype(np.float32)) + grads[2:], ws)
         with pytest.raises(ValueError, match="workspace"):
             run_backward(cell, grads, {"op": "nope"})
+    if backend == "native":  # the native workspace references y and h0: the binding checks them
+        args = make(rng, cell, T, B, I, H)
+        out, ws = run_forward(cell, args)
+        grads = tuple(np.zeros_like(o) for o in out)
+        for key, bad, exc, match in [("y", np.zeros((T, B, H + 1)), ValueError, r"y: expected shape \(4, 3, 6\)"),
+                                     ("h0", np.zeros((B - 1, H)), ValueError, r"h0: expected shape \(3, 6\)"),
+                                     ("y", np.zeros((T, B, H), np.float32), TypeError, "y")]:
+            with pytest.raises(exc, match=match):
+                run_backward(cell, grads, {**ws, key: bad})
     if cell == "rnn_tanh":
         with pytest.raises(ValueError, match="nonlinearity"):
             ops.rnn_layer_forward(args["x"], None, args["w_ih"], args["w_hh"], nonlinearity="sigmoid")

@@ -683,7 +683,7 @@ void rnn_forward(const RnnForwardArgs<T>& A) {
       const T* hcur = hbuf + (s & 1) * B * H;
       T* hnext = hbuf + ((s + 1) & 1) * B * H;
       if (nj > 0 && r1 > r0) {
-        // This step's rows of xa are far apart (G gate blocks per row, rows G H apart), which the
+        // This step's rows of xa are far apart (G gate blocks per row, rows xa_ld apart), which the
         // hardware prefetchers do not follow: request this thread's part now, into L2, so it
         // arrives while the recurrent GEMM runs (measured: the gate kernel's loads of xa were
         // about a fifth of its time).
