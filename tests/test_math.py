@@ -106,10 +106,12 @@ def _f32_sweep() -> np.ndarray:
         np.geomspace(1e-30, 1, 20_000).astype(np.float32),
     ]
     # Around the thresholds: exp overflow (88.72) and underflow (-87.34 normal, -103.97 zero),
-    # GELU's clamp (13.25) and the edges of its first table intervals (k = round(2.375 |x|):
-    # 0.2105 and 0.6316), tanh/sigmoid saturation.
-    for c in (88.72283, -87.33654, -103.97208, 13.25, -13.25, 0.2105263, -0.2105263, 0.6315789,
-              -0.6315789, 9.01, -9.01, 16.64, -16.64):
+    # GELU's clamp (13.25), the switch between its two paths (-6.5; 6.5 clamps the fast one) and
+    # the edges of the first intervals of its tables (fast: k = round(4.84375 |x|), 0.1032 and
+    # 0.3097; tail: k = round(2.375 |x|), 0.2105 and 0.6316), tanh/sigmoid saturation.
+    for c in (88.72283, -87.33654, -103.97208, 13.25, -13.25, 6.5, -6.5, 0.1032258, -0.1032258,
+              0.3096774, -0.3096774, 0.2105263, -0.2105263, 0.6315789, -0.6315789, 9.01, -9.01,
+              16.64, -16.64):
         c32 = np.float32(c)
         steps = np.arange(-2000, 2001)
         dense.append((c32.view(np.int32) + steps).astype(np.int32).view(np.float32))
@@ -230,6 +232,28 @@ def test_thread_count_does_not_change_results(isa, dtype):
                     np.testing.assert_array_equal(op(x), one, err_msg=f"{name} threads={nt}")
     finally:
         seqblocks.set_num_threads(saved)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_gelu_each_lane_takes_its_own_path(isa):
+    # float32 GELU evaluates x >= -6.5 by one polynomial and x < -6.5 through e^(-x^2/2); a
+    # register (or block of four) holding both kinds computes both and selects per lane. Each
+    # value must come out the same whatever its neighbours: alone, among its own kind, or mixed.
+    rng = np.random.default_rng(5)
+    edge = np.float32(-6.5)
+    near = (edge.view(np.int32) + np.arange(-40, 41)).astype(np.int32).view(np.float32)
+    x = np.concatenate([near, rng.uniform(-13.5, 8, 3000).astype(np.float32),
+                        np.array([np.nan, -np.inf, np.inf, -0.0, 0.0], np.float32)])
+    x = x[rng.permutation(x.size)]
+    with seqblocks.use_isa(isa):
+        mixed = ops.gelu(x)
+        alone = np.array([ops.gelu(np.asarray(v)) for v in x], np.float32)
+        tail = x < edge
+        sorted_ = np.empty_like(x)
+        sorted_[tail], sorted_[~tail] = ops.gelu(x[tail]), ops.gelu(x[~tail])
+    np.testing.assert_array_equal(mixed, alone)
+    np.testing.assert_array_equal(mixed, sorted_)
+    check("gelu", x, mixed, reference64("gelu", x), isa)
 
 
 def test_gelu_rejects_unknown_approximation():

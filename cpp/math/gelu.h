@@ -7,6 +7,7 @@
 
 #include "math/exp.h"
 #include "math/gelu_erf_table.h"
+#include "simd/interleaved.h"
 
 namespace seqblocks {
 namespace math {
@@ -62,33 +63,40 @@ inline typename Vec<Isa, T>::reg gelu_tanh(typename Vec<Isa, T>::reg x) {
   return V::select(neg_x, V::mul(V::mul(xc, q256), inv256), V::fnmadd(xc, q, x));
 }
 
-// R(a) = Phi(-a) e^(a^2/2) for 0 <= a <= 13.25 from the tables (the fit is described at
-// gelu_erf below): the part gelu_erf and gelu_erf_grad share.
+// Q(a) = Phi(-a) for 0 <= a <= kGeluErfFastLimit (6.5) from the fast table (gelu_erf below).
+template <class Isa>
+inline typename Vec<Isa, float>::reg gelu_erf_fast_q(typename Vec<Isa, float>::reg a) {
+  using V = Vec<Isa, float>;
+  using reg = typename V::reg;
+  // The shifter 1.5 * 2^23 rounds kGeluErfFastScale a to the integer k in its low mantissa bits.
+  const reg k_index = V::fmadd(a, V::set1(kGeluErfFastScale), V::set1(12582912.0f));
+  const reg r = V::sub(a, V::lookup32(kGeluErfFastCentre, k_index));
+  constexpr int degree = static_cast<int>(sizeof(kGeluErfFast) / sizeof(kGeluErfFast[0])) - 1;
+  reg q = V::lookup32(kGeluErfFast[degree], k_index);
+  for (int j = degree - 1; j >= 0; --j) q = V::fmadd(q, r, V::lookup32(kGeluErfFast[j], k_index));
+  return q;
+}
+
+// R(a) = Phi(-a) e^(a^2/2) for 0 <= a <= 13.25 from the tail table (the fit is described at
+// gelu_erf_tail below): the part gelu_erf_tail and gelu_erf_grad share.
 template <class Isa>
 inline typename Vec<Isa, float>::reg gelu_erf_ratio(typename Vec<Isa, float>::reg a) {
   using V = Vec<Isa, float>;
   using reg = typename V::reg;
-  // The shifter 1.5 * 2^23 rounds kGeluErfScale a to the integer k in its low mantissa bits.
   const reg k_index = V::fmadd(a, V::set1(kGeluErfScale), V::set1(12582912.0f));
-  const reg r = V::sub(a, V::lookup32(kGeluErfCentre, k_index));
+  const reg r = V::sub(a, V::lookup32(kGeluErfRCentre, k_index));
   constexpr int degree = static_cast<int>(sizeof(kGeluErfR) / sizeof(kGeluErfR[0])) - 1;
   reg ratio = V::lookup32(kGeluErfR[degree], k_index);
   for (int j = degree - 1; j >= 0; --j) ratio = V::fmadd(ratio, r, V::lookup32(kGeluErfR[j], k_index));
   return ratio;
 }
 
-// GELU, erf form, float: x Phi(x), Phi the standard normal CDF.
-// With a = |x| and Q(a) = Phi(-a):  x < 0: x Phi(x) = -a Q(a);  x >= 0: x - a Q(a), Q <= 1/2
-// (no cancellation: the error of a Q(a) enters the result at most 1x). One formula for all x:
+// GELU, erf form, float, for any x (gelu_erf uses it for x < -6.5 only): x Phi(x).
+// One formula for all x, through the Gaussian factor:
 //   a Q(a) = (a e^(-a^2/2)) R(a),  R(a) = Q(a) e^(a^2/2) = erfcx(a/sqrt2)/2,
 // R smooth and positive (R(0) = 1/2, R ~ 1/(a sqrt(2 pi))): 32 polynomials of degree 5, one per
-// interval k = round(2.375 a) (width 0.42; 2.375 a <= 31.5 on [0, 13.25]), in r = a - c_k, their
-// coefficients picked per lane by lookup32 (one permute each on AVX-512). Fitted for relative
-// error with float coefficients by tools/fit_gelu_erf.py (tables: gelu_erf_table.h): 3.4e-8 =
-// 0.57 x 2^-24 at worst, on a in [0.21, 0.63]; elsewhere below 1.8e-8. The centres c_k are points
-// near k/2.375 where R is within 0.002 ulp of a float, so the constant coefficient (the whole
-// error at r = 0, which no other coefficient can correct) is nearly exact; r is exact.
-// No reciprocal, no separate branch for small |x|, no data-dependent branch.
+// interval k = round(2.375 a) (width 0.42; 2.375 a <= 31.5 on [0, 13.25]), in r = a - c_k.
+// Fitted error 3.4e-8 = 0.57 x 2^-24 at worst, on a in [0.21, 0.63]; below 1e-9 for a > 6.
 // Precision matters in three places:
 // - a^2 is computed exactly as s + l by FMA and l enters the exp reduction (the 1/2 folded into
 //   its constants, mul_exp_neg_half_hilo): the rounding of a^2/2 alone would cost about a^2/2
@@ -97,18 +105,10 @@ inline typename Vec<Isa, float>::reg gelu_erf_ratio(typename Vec<Isa, float>::re
 //   and the last step, x - (a e^(-a^2/2)) R or -0 - (...) R, is one fused multiply-add;
 // - a e^(-a^2/2) is formed as 2^m (a e^-u), never as e^(-a^2/2) first: e^(-a^2/2) is subnormal
 //   for a > 13.2 while the result is still normal, and a e^(-a^2/2) >= 2 |result|.
-// |x| is clamped to 13.25, past which x Phi(x) is x or below FLT_MIN; NaN propagates, and
-// max(-0, x) keeps the sign of zero (-0 for x = -0 and x < -13.25 after FTZ, +0 for x = +0).
-// Cost: 32 vector operations, 7 of them permutes, no division: ~19 cycles per 16 floats with
-// four registers interleaved (unary.h), vs ~36 for the previous rcp-based version; torch's
-// A&S-type erf (off by 10^3 - 10^7 ulps for x < -3) is still ~5% faster at one thread.
-// AVX2 has no two-register permute (lookup32 is 7 instructions there): 2.1 ns per float vs
-// 1.35 for the rcp-based version; scalar 49 vs 66 ns.
-// Max error measured: 3.14 ulp at x = -4.3430 (exhaustive over all 2^32 float32 inputs,
-// benchmarks/math_exhaustive.py, the same maximum at the same x on AVX-512, AVX2 and scalar);
-// the previous rcp-based version: 3.86 ulp (AVX-512).
+// |x| is clamped to 13.25, past which x Phi(x) is x or below FLT_MIN (-0 for x < -13.25 after
+// FTZ). Cost: 32 vector operations, 7 of them permutes.
 template <class Isa>
-inline typename Vec<Isa, float>::reg gelu_erf(typename Vec<Isa, float>::reg x) {
+inline typename Vec<Isa, float>::reg gelu_erf_tail(typename Vec<Isa, float>::reg x) {
   using V = Vec<Isa, float>;
   using reg = typename V::reg;
   const reg a = V::abs_min(x, V::set1(13.25f));  // NaN x gives 13.25; x carries it in the last step
@@ -120,12 +120,71 @@ inline typename Vec<Isa, float>::reg gelu_erf(typename Vec<Isa, float>::reg x) {
   return V::fnmadd(a_gauss, ratio, V::max(V::set1(-0.0f), x));
 }
 
+// fast with the lanes set in `tail` replaced by gelu_erf_tail(x). One branch per register, also
+// inside an interleaved pack (unary.h): a register without such lanes skips the tail, whatever
+// the other registers of its pack hold.
+template <class Isa>
+struct GeluErfTailLanes {
+  template <class Mask, class Reg>
+  static Reg blend(Mask tail, Reg x, Reg fast) {
+    using V = Vec<Isa, float>;
+    return V::any(tail) ? V::select(tail, gelu_erf_tail<Isa>(x), fast) : fast;
+  }
+};
+template <class Isa, int N>
+struct GeluErfTailLanes<Interleaved<Isa, N>> {
+  template <class Mask, class Reg>
+  static Reg blend(Mask tail, Reg x, Reg fast) {
+    for (int i = 0; i < N; ++i) fast.v[i] = GeluErfTailLanes<Isa>::blend(tail.m[i], x.v[i], fast.v[i]);
+    return fast;
+  }
+};
+
+// GELU, erf form, float: x Phi(x), Phi the standard normal CDF.
+// With a = |x| and Q(a) = Phi(-a):  x < 0: x Phi(x) = -a Q(a);  x >= 0: x - a Q(a), Q <= 1/2
+// (no cancellation: the error of a Q(a) enters the result at most 1x). Two evaluations of Q,
+// both 32 polynomials picked per lane by lookup32 (one permute per coefficient on AVX-512),
+// fitted for relative error with float coefficients by tools/fit_gelu_erf.py (tables:
+// gelu_erf_table.h); the centres c_k are points near k / scale where the function is within
+// 0.002 ulp of a float, so the constant coefficient (the whole error at r = 0) is nearly exact,
+// and r = a - c_k is exact:
+// - x >= -6.5 (the fast path): Q itself, degree 7 in r on intervals k = round(4.84375 a) of
+//   width 0.21 (a clamped to 6.5), fitted error 5.8e-9 = 0.10 x 2^-24. Q falls by e^(-c r) across
+//   an interval around c, which this degree follows to 6.5; further out Q needs the Gaussian
+//   factor. For x > 6.5, x - 6.5 Q(6.5) rounds to x (6.5 Q(6.5) = 2.6e-10 < ulp(6.5) / 2), and
+//   +inf stays inf. 24 vector operations with the test for the tail, 9 of them permutes, no
+//   exp, no division.
+// - x < -6.5 (gelu_erf_tail, 32 operations): Q = e^(-a^2/2) R(a).
+// Each lane takes the path its own x selects, so results never depend on the neighbours: a
+// register with lanes on both sides of -6.5 computes both and selects per lane (about 2.5x the
+// fast path: the tail then runs without the interleaving of unary.h); a register (or interleaved
+// pack) entirely below -6.5 computes the tail alone. Activations rarely fall below -6.5 (a
+// normal sample once in 2.5e10): the fast path is the cost of nearly every register.
+// NaN propagates (the fast path clamps it to 6.5 and x carries it through max(-0, x) into the
+// last step; NaN < -6.5 is false), and max(-0, x) keeps the sign of zero (-0 for x = -0, +0 for
+// x = +0).
+// Max error measured: 2.32 ulp at x = -12.557 (tail), 2.00 ulp at x = -6.0853 for x >= -6.5
+// (fast), exhaustive over all 2^32 float32 inputs (benchmarks/math_exhaustive.py), the same at
+// the same x on AVX-512, AVX2 and scalar; the single-path kernel before: 3.14 ulp at x = -4.3430.
+// Speed, 2^20 floats of N(0, 1), one AVX-512 core: 0.34 ms vs 0.41 before and torch's 0.40; all
+// below -6.5: 0.47 ms; 1% of them below -6.5, scattered: 0.44 ms.
+template <class Isa>
+inline typename Vec<Isa, float>::reg gelu_erf(typename Vec<Isa, float>::reg x) {
+  using V = Vec<Isa, float>;
+  using reg = typename V::reg;
+  const auto tail = V::lt(x, V::set1(-kGeluErfFastLimit));
+  if (V::all(tail)) return gelu_erf_tail<Isa>(x);  // the tail alone, interleaved if x is a pack
+  const reg a = V::abs_min(x, V::set1(kGeluErfFastLimit));
+  const reg fast = V::fnmadd(a, gelu_erf_fast_q<Isa>(a), V::max(V::set1(-0.0f), x));
+  return GeluErfTailLanes<Isa>::blend(tail, x, fast);
+}
+
 // Derivative of the erf-form GELU, float: Phi(x) + x phi(x). With a = |x|, e = e^(-a^2/2),
 // Q(a) = e R(a) as above and phi(x) = c e, c = 1/sqrt(2 pi):
 //   x >= 0:  1 - Q(a) + a c e = 1 - t,    x < 0:  Q(a) - a c e = t,    t = e (R(a) - a c).
-// The same table and exp as gelu_erf; no division and no GELU output to read (the previous
+// The tail table and exp of gelu_erf_tail; no division and no GELU output to read (the previous
 // kernel divided gelu(x) by x, after a pass computing gelu(x)). |x| is clamped to 13.25 as in
-// gelu_erf, where e < FLT_MIN is flushed: +inf gives 1, -inf 0 (t = 0); NaN propagates (by the
+// gelu_erf_tail, where e < FLT_MIN is flushed: +inf gives 1, -inf 0 (t = 0); NaN propagates (by the
 // last select). Max error measured: 2.65 ulps of Phi(x) + |x phi(x)| (the scale of the sum; the
 // previous kernel: 64), at x = -11.85, over 4M points of [-14, 14] against scipy's ndtr in
 // float64 (the same on AVX-512, AVX2 and scalar). Near x = -0.7518, GELU's minimum, the

@@ -54,6 +54,8 @@ struct Vec<Avx2, float> {
   static mask mask_and(mask a, mask b) { return _mm256_and_ps(a, b); }
   static mask mask_not(mask a) { return _mm256_xor_ps(a, _mm256_castsi256_ps(_mm256_set1_epi32(-1))); }
   static reg select(mask m, reg a, reg b) { return _mm256_blendv_ps(b, a, m); }
+  static bool any(mask m) { return _mm256_movemask_ps(m) != 0; }
+  static bool all(mask m) { return _mm256_movemask_ps(m) == 0xFF; }
   static reg round_nearest(reg a) { return _mm256_round_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
   static reg copysign(reg mag, reg sgn) {
     const reg sign_bit = _mm256_set1_ps(-0.0f);
@@ -124,6 +126,8 @@ struct Vec<Avx2, double> {
   static mask mask_and(mask a, mask b) { return _mm256_and_pd(a, b); }
   static mask mask_not(mask a) { return _mm256_xor_pd(a, _mm256_castsi256_pd(_mm256_set1_epi64x(-1))); }
   static reg select(mask m, reg a, reg b) { return _mm256_blendv_pd(b, a, m); }
+  static bool any(mask m) { return _mm256_movemask_pd(m) != 0; }
+  static bool all(mask m) { return _mm256_movemask_pd(m) == 0xF; }
   static reg round_nearest(reg a) { return _mm256_round_pd(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
   static reg copysign(reg mag, reg sgn) {
     const reg sign_bit = _mm256_set1_pd(-0.0);

@@ -46,6 +46,8 @@ struct Vec<Avx512, float> {
   static mask mask_and(mask a, mask b) { return static_cast<mask>(a & b); }
   static mask mask_not(mask a) { return static_cast<mask>(~a); }
   static reg select(mask m, reg a, reg b) { return _mm512_mask_blend_ps(m, b, a); }
+  static bool any(mask m) { return m != 0; }
+  static bool all(mask m) { return m == static_cast<mask>(~mask(0)); }
   static reg round_nearest(reg a) { return _mm512_roundscale_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
   static reg copysign(reg mag, reg sgn) {
     const __m512i sign_bit = _mm512_set1_epi32(INT32_MIN);
@@ -105,6 +107,8 @@ struct Vec<Avx512, double> {
   static mask mask_and(mask a, mask b) { return static_cast<mask>(a & b); }
   static mask mask_not(mask a) { return static_cast<mask>(~a); }
   static reg select(mask m, reg a, reg b) { return _mm512_mask_blend_pd(m, b, a); }
+  static bool any(mask m) { return m != 0; }
+  static bool all(mask m) { return m == static_cast<mask>(~mask(0)); }
   static reg round_nearest(reg a) { return _mm512_roundscale_pd(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
   static reg copysign(reg mag, reg sgn) {
     const __m512i sign_bit = _mm512_set1_epi64(INT64_MIN);

@@ -7,7 +7,7 @@
 // keeps each call's instructions together.
 //
 // Offered: the operations that elementwise kernels use (arithmetic, fused multiply-adds,
-// min/max, abs/neg, comparisons and select, ldexp, mul_pow2i, lookup32 for float); loads and stores stay
+// min/max, abs/neg, comparisons, select and all, ldexp, mul_pow2i, lookup32 for float); loads and stores stay
 // with the caller (a register pack is an array: r.v[i] is register i).
 #pragma once
 
@@ -70,6 +70,11 @@ struct Vec<Interleaved<Isa, N>, T> {
   static mask gt(reg a, reg b) { return map_mask([&](int i) { return V::gt(a.v[i], b.v[i]); }); }
   static mask ge(reg a, reg b) { return map_mask([&](int i) { return V::ge(a.v[i], b.v[i]); }); }
   static reg select(mask m, reg a, reg b) { return map([&](int i) { return V::select(m.m[i], a.v[i], b.v[i]); }); }
+  static bool all(mask m) {  // one branch for all N registers
+    bool r = true;
+    for (int i = 0; i < N; ++i) r &= V::all(m.m[i]);
+    return r;
+  }
 };
 
 }  // namespace seqblocks

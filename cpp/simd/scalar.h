@@ -45,6 +45,8 @@ struct ScalarVecBase {
   static mask mask_and(mask a, mask b) { return a && b; }
   static mask mask_not(mask a) { return !a; }
   static reg select(mask m, reg a, reg b) { return m ? a : b; }
+  static bool any(mask m) { return m; }
+  static bool all(mask m) { return m; }
   static reg round_nearest(reg a) { return std::nearbyint(a); }
   static reg copysign(reg mag, reg sgn) { return std::copysign(mag, sgn); }
   static constexpr int rcp_approx_bits = 64;  // exact

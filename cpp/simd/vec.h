@@ -24,6 +24,8 @@
 //                               one vrangeps, which returns the non-NaN operand)
 //   lt le gt ge eq (a, b) -> mask; isnan(a) -> mask; select(m, a, b) = m ? a : b
 //   mask_or, mask_and, mask_not
+//   any(m), all(m)              true if some / every lane is set (Interleaved: all only, for one
+//                               branch over its registers; any is per register)
 //   round_nearest(a)            round half to even, as T
 //   pow2i(n)                    2^n for integral-valued n in the normal exponent range, and
 //                               +0 for the exponent just below it (float -127, double -1023)
