@@ -63,32 +63,33 @@ inline typename Vec<Isa, T>::reg gelu_tanh(typename Vec<Isa, T>::reg x) {
   return V::select(neg_x, V::mul(V::mul(xc, q256), inv256), V::fnmadd(xc, q, x));
 }
 
+// sum_j coef[j][k] r^j with k = round(scale a) and r = a - centre[k]: one of the 32-interval
+// piecewise polynomials of gelu_erf_table.h, its coefficients picked per lane by lookup32.
+template <class Isa, int NCoef>
+inline typename Vec<Isa, float>::reg gelu_erf_table_poly(typename Vec<Isa, float>::reg a, float scale,
+                                                         const float (&centre)[32],
+                                                         const float (&coef)[NCoef][32]) {
+  using V = Vec<Isa, float>;
+  using reg = typename V::reg;
+  // The shifter 1.5 * 2^23 rounds scale a to the integer k in its low mantissa bits.
+  const reg k_index = V::fmadd(a, V::set1(scale), V::set1(12582912.0f));
+  const reg r = V::sub(a, V::lookup32(centre, k_index));
+  reg p = V::lookup32(coef[NCoef - 1], k_index);
+  for (int j = NCoef - 2; j >= 0; --j) p = V::fmadd(p, r, V::lookup32(coef[j], k_index));
+  return p;
+}
+
 // Q(a) = Phi(-a) for 0 <= a <= kGeluErfFastLimit (6.5) from the fast table (gelu_erf below).
 template <class Isa>
 inline typename Vec<Isa, float>::reg gelu_erf_fast_q(typename Vec<Isa, float>::reg a) {
-  using V = Vec<Isa, float>;
-  using reg = typename V::reg;
-  // The shifter 1.5 * 2^23 rounds kGeluErfFastScale a to the integer k in its low mantissa bits.
-  const reg k_index = V::fmadd(a, V::set1(kGeluErfFastScale), V::set1(12582912.0f));
-  const reg r = V::sub(a, V::lookup32(kGeluErfFastCentre, k_index));
-  constexpr int degree = static_cast<int>(sizeof(kGeluErfFast) / sizeof(kGeluErfFast[0])) - 1;
-  reg q = V::lookup32(kGeluErfFast[degree], k_index);
-  for (int j = degree - 1; j >= 0; --j) q = V::fmadd(q, r, V::lookup32(kGeluErfFast[j], k_index));
-  return q;
+  return gelu_erf_table_poly<Isa>(a, kGeluErfFastScale, kGeluErfFastCentre, kGeluErfFast);
 }
 
 // R(a) = Phi(-a) e^(a^2/2) for 0 <= a <= 13.25 from the tail table (the fit is described at
 // gelu_erf_tail below): the part gelu_erf_tail and gelu_erf_grad share.
 template <class Isa>
 inline typename Vec<Isa, float>::reg gelu_erf_ratio(typename Vec<Isa, float>::reg a) {
-  using V = Vec<Isa, float>;
-  using reg = typename V::reg;
-  const reg k_index = V::fmadd(a, V::set1(kGeluErfScale), V::set1(12582912.0f));
-  const reg r = V::sub(a, V::lookup32(kGeluErfRCentre, k_index));
-  constexpr int degree = static_cast<int>(sizeof(kGeluErfR) / sizeof(kGeluErfR[0])) - 1;
-  reg ratio = V::lookup32(kGeluErfR[degree], k_index);
-  for (int j = degree - 1; j >= 0; --j) ratio = V::fmadd(ratio, r, V::lookup32(kGeluErfR[j], k_index));
-  return ratio;
+  return gelu_erf_table_poly<Isa>(a, kGeluErfScale, kGeluErfRCentre, kGeluErfR);
 }
 
 // GELU, erf form, float, for any x (gelu_erf uses it for x < -6.5 only): x Phi(x).
