@@ -4,12 +4,13 @@
 
 With Q(a) = Phi(-a) = erfc(a / sqrt 2) / 2 for a = |x| >= 0, GELU is x Phi(x) = -a Q(a) for
 x < 0 and x - a Q(a) for x >= 0. Two tables of piecewise polynomials, each on the 32 intervals
-k = round(SCALE a), k = 0..31 (|a - k/SCALE| <= 1/(2 SCALE); interval 0 is [0, 1/(2 SCALE)]),
-in r = a - c_k, one lookup32 table per coefficient:
+k = round(s a), k = 0..31 (|a - k/s| <= 1/(2 s); interval 0 is [0, 1/(2 s)]), with s = FAST_SCALE
+or SCALE, in r = a - c_k, one lookup32 table per coefficient:
 
 - the fast table (kGeluErfFast*): Q itself, degree FAST_DEGREE, on a in [0, FAST_LIMIT]. Q
-  falls by e^(-c r) across an interval around c, which a degree-7 polynomial follows to full
-  float precision while c (1/(2 SCALE)) stays below ~0.6: up to FAST_LIMIT = 6.5.
+  falls by about e^(-c r) across the interval around c, which a degree-7 polynomial follows to
+  full float precision while c / (2 FAST_SCALE), the largest |c r|, stays below ~0.7: up to
+  FAST_LIMIT = 6.5.
 - the tail table (kGeluErfR): R(a) = Q(a) e^(a^2/2) = erfcx(a / sqrt 2) / 2, degree DEGREE, on
   a in [0, 13.47]. R is smooth and positive (R(0) = 1/2, R(a) ~ 1/(a sqrt(2 pi)) for large a),
   and the kernel multiplies it by a e^(-a^2/2), which no polynomial in a follows out there.
