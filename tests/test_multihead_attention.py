@@ -167,6 +167,44 @@ def test_inference_equals_the_autograd_forward(rng, backend, case):
     np.testing.assert_array_equal(out.numpy(), expected.numpy())
 
 
+@pytest.mark.parametrize("backend", ["numpy", "native"])
+@pytest.mark.parametrize("case", list(CASES))
+def test_training_without_weights_equals_the_copying_path(rng, backend, case):
+    """Training with need_weights=False reads the heads in place from the projections and writes
+    their gradients in place into the projections' gradients (no head copies); with
+    need_weights=True the heads are copied apart and merged by separate ops. The output and every
+    gradient are the same bits."""
+    kw, opts = CASES[case]
+    ours = nn.MultiheadAttention(E, H, dtype=np.float32, **kw)
+    B, L, S = 3, 5, 7
+    kdim, vdim = kw.get("kdim", E), kw.get("vdim", E)
+    unbatched = opts.get("unbatched", False)
+    shape = (lambda n, d: (n, d)) if unbatched else \
+        (lambda n, d: (B, n, d)) if kw.get("batch_first") else (lambda n, d: (n, B, d))
+    query = rng.standard_normal(shape(L, E)).astype(np.float32)
+    key, value = (rng.standard_normal(shape(S, d)).astype(np.float32) for d in (kdim, vdim))
+    self_attn = opts.get("self", False)
+    if self_attn:
+        S, key, value = L, query, query
+    attn, kpm = make_masks(rng, opts, 1 if unbatched else B, L, S)
+    if unbatched and kpm is not None:
+        kpm = kpm[0]
+    results = []
+    for need_weights in (True, False):
+        with seqblocks.backend(backend):
+            ours.zero_grad()
+            tq = seqblocks.tensor(query, requires_grad=True)
+            tk, tv = (tq, tq) if self_attn else (seqblocks.tensor(key, requires_grad=True),
+                                                 seqblocks.tensor(value, requires_grad=True))
+            out, _ = ours(tq, tk, tv, key_padding_mask=kpm, attn_mask=attn, need_weights=need_weights,
+                          is_causal=opts.get("attn") == "causal")
+            out.backward(np.cos(np.arange(out.numpy().size)).reshape(out.shape).astype(np.float32))
+            grads = [t.grad for t in ((tq,) if self_attn else (tq, tk, tv))]
+            results.append([out.numpy()] + grads + [p.grad for _, p in ours.named_parameters()])
+    for a, b in zip(*results):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_parameter_names_and_init(rng):
     torch = pytest.importorskip("torch")
     for kw in ({}, {"kdim": 6, "vdim": 10, "add_bias_kv": True}, {"bias": False}):

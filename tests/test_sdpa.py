@@ -133,6 +133,89 @@ def test_heads_read_in_place_give_the_contiguous_bits(isa, rng, dtype, shape, ma
                                rtol=1e-5 if dtype == np.float32 else 1e-12, atol=1e-5 if dtype == np.float32 else 1e-12)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", HEAD_SHAPES)
+@pytest.mark.parametrize("mask_kind", MASKS + ["dropout"])
+def test_training_heads_in_place_give_the_contiguous_bits(isa, rng, dtype, shape, mask_kind):
+    """With autograd too, 4-D views of packed projections are read in place, and the backward
+    writes dq, dk, dv in place into views of one packed gradient (``into``): every number equals
+    that of contiguous (N, len, features) copies, forward and backward, with the merged output."""
+    B, L, S, H, E = shape
+    proj = rng.standard_normal((B, L, 3, H, E)).astype(dtype)
+    mem = rng.standard_normal((B, S, 2, H, E)).astype(dtype)
+    q = proj[:, :, 0].transpose(0, 2, 1, 3)
+    k, v = (mem[:, :, i].transpose(0, 2, 1, 3) for i in range(2))
+    _, _, _, mask = make_inputs(rng, (B, H), L, S, E, E, dtype, "none" if mask_kind == "dropout" else mask_kind)
+    causal = mask_kind == "causal"
+    p, seed = (0.3, 11) if mask_kind == "dropout" else (0.0, None)
+    flat = [np.ascontiguousarray(a).reshape(B * H, a.shape[2], E) for a in (q, k, v)]
+    flat_mask = None if mask is None else np.broadcast_to(mask, (B, H, L, S)).reshape(B * H, L, S)
+    ref_out, ref_ws = ops.sdpa_forward(*flat, flat_mask, causal, dropout_p=p, seed=seed)
+    merged, ws = ops.sdpa_forward(q, k, v, mask, causal, dropout_p=p, seed=seed, merge_heads=True)
+    np.testing.assert_array_equal(merged, ref_out.reshape(B, H, L, E).transpose(0, 2, 1, 3).reshape(B, L, H * E))
+    dout = rng.standard_normal((B, L, H * E)).astype(dtype)
+    ref_grads = ops.sdpa_backward(np.ascontiguousarray(dout.reshape(B, L, H, E).transpose(0, 2, 1, 3))
+                                  .reshape(B * H, L, E), ref_ws)[:3]
+    g_proj = np.full((B, L, 3, H, E), np.nan, dtype)  # q's rows: every element must be written
+    g_mem = np.full((B, S, 2, H, E), np.nan, dtype)
+    into = (g_proj[:, :, 0].transpose(0, 2, 1, 3),) + tuple(g_mem[:, :, i].transpose(0, 2, 1, 3) for i in range(2))
+    grads = ops.sdpa_backward(dout, ws, into=into)
+    assert all(a is b for a, b in zip(grads[:3], into)) and grads[3] is None
+    for got, want in zip(into, ref_grads):
+        np.testing.assert_array_equal(got, want.reshape(got.shape))
+    assert not np.isnan(g_mem).any() and not np.isnan(g_proj[:, :, 0]).any()
+    assert np.isnan(g_proj[:, :, 1:]).all()  # nothing outside the views is touched
+
+
+@pytest.mark.parametrize("backend", ["native", "numpy"])
+def test_backward_into_checks_its_arrays(rng, backend):
+    """``into`` must be three writable arrays shaped like q, k and v that share no memory with each
+    other or with what the backward reads; the compiled backward checks what it writes too."""
+    q, k, v, _ = make_inputs(rng, (2, 3), 4, 5, 6, 6, np.float32, "none")
+    with seqblocks.backend(backend):
+        out, ws = ops.sdpa_forward(q, k, v)
+        dout = np.ones_like(out)
+        fresh = [np.empty_like(a) for a in (q, k, v)]
+        got = ops.sdpa_backward(dout, ws, into=fresh)
+        want = ops.sdpa_backward(dout, ws)
+        for a, b in zip(got[:3], want[:3]):
+            np.testing.assert_array_equal(a, b)
+        with pytest.raises(TypeError, match=r"into: expected a tuple \(dq, dk, dv\)"):
+            ops.sdpa_backward(dout, ws, into=fresh[:2])
+        with pytest.raises(TypeError, match="into: expected dk as a NumPy array, got list"):
+            ops.sdpa_backward(dout, ws, into=(fresh[0], fresh[1].tolist(), fresh[2]))
+        with pytest.raises(ValueError, match=r"into: expected dv of shape \(2, 3, 5, 6\) and dtype float32, got "
+                                             r"\(2, 3, 5, 5\) float32"):
+            ops.sdpa_backward(dout, ws, into=(fresh[0], fresh[1], fresh[2][..., :5]))
+        with pytest.raises(ValueError, match="into: expected dq of shape .* got .* float64"):
+            ops.sdpa_backward(dout, ws, into=(fresh[0].astype(np.float64), fresh[1], fresh[2]))
+        ro = fresh[0].copy()
+        ro.flags.writeable = False
+        with pytest.raises(ValueError, match="into: expected dq writable"):
+            ops.sdpa_backward(dout, ws, into=(ro, fresh[1], fresh[2]))
+        with pytest.raises(ValueError, match="into: dk shares memory"):
+            ops.sdpa_backward(dout, ws, into=(fresh[0], fresh[1], fresh[1]))
+        with pytest.raises(ValueError, match="into: dq shares memory"):
+            ops.sdpa_backward(dout, ws, into=(q, fresh[1], fresh[2]))
+    if backend == "native":  # the binding's own checks on the arrays it writes
+        out, ws = ops.sdpa_forward(q, k, v)
+        q4, k4, v4, out4, mflat, moff, msl, mss = ws["native"]
+        args = (ws["stats"], mflat, moff, msl, mss, False, 1.0, 0.0, 0)
+        with pytest.raises(ValueError, match=r"grads: expected a tuple \(dq, dk, dv\)"):
+            _core.sdpa_backward(out4, q4, k4, v4, out4, *args)
+        with pytest.raises(TypeError, match="dk: expected a NumPy array, got list"):
+            _core.sdpa_backward(out4, q4, k4, v4, out4, *args, (fresh[0], [1.0], fresh[2]))
+        with pytest.raises(ValueError, match=r"dv: expected dim 2 = 5"):
+            _core.sdpa_backward(out4, q4, k4, v4, out4, *args, (fresh[0], fresh[1], fresh[0]))
+        ro = fresh[1].copy()
+        ro.flags.writeable = False
+        with pytest.raises(ValueError, match="dk: expected a writable array"):
+            _core.sdpa_backward(out4, q4, k4, v4, out4, *args, (fresh[0], ro, fresh[2]))
+        with pytest.raises(ValueError, match="dq: expected contiguous rows"):
+            _core.sdpa_backward(out4, q4, k4, v4, out4, *args,
+                                (np.empty((2, 3, 4, 12), np.float32)[..., ::2], fresh[1], fresh[2]))
+
+
 @pytest.mark.parametrize("backend", ["native", "numpy"])
 def test_merge_heads_with_autograd_backward(rng, backend):
     """With needs_grad the merged output's gradient (B, L, H Ev) reaches q, k, v as if the merge

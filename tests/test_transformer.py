@@ -278,6 +278,39 @@ def test_attention_weights(rng):
     assert_close(y.numpy(), dec(x, mem, tgt_mask=nn.Transformer.generate_square_subsequent_mask(L)).numpy(), **TOL)
 
 
+@pytest.mark.parametrize("backend", ["numpy", "native"])
+@pytest.mark.parametrize("norm_first,dropout", [(False, 0.0), (True, 0.0), (False, 0.3)])
+def test_training_without_weights_equals_the_copying_path(isa, rng, backend, norm_first, dropout):
+    """Training without weights reads the heads in place from the packed projections (self- and
+    cross-attention) and writes their gradients in place; with need_weights=True the heads are
+    copied apart and merged by separate ops. Outputs and every gradient are the same bits, with
+    dropout too (the same seeds drawn in the same order)."""
+    enc = nn.TransformerEncoderLayer(E, H, FF, dropout=dropout, batch_first=True, norm_first=norm_first)
+    dec = nn.TransformerDecoderLayer(E, H, FF, dropout=dropout, batch_first=True, norm_first=norm_first)
+    x = rng.standard_normal((B, L, E)).astype(np.float32)
+    mem = rng.standard_normal((B, S, E)).astype(np.float32)
+    _, kpm, _ = _masks(rng, "kpm_bool", L, S, B)
+    causal = nn.Transformer.generate_square_subsequent_mask(L)
+    runs = {"enc": lambda xt, mt, w: enc(xt, src_key_padding_mask=kpm[:, :L], need_weights=w),
+            "dec": lambda xt, mt, w: dec(xt, mt, tgt_mask=causal, memory_key_padding_mask=kpm, tgt_is_causal=True,
+                                         need_weights=w)}
+    for name, run in runs.items():
+        module = enc if name == "enc" else dec
+        results = []
+        for need_weights in (True, False):
+            seqblocks.manual_seed(5)
+            module.zero_grad()
+            with seqblocks.backend(backend):
+                xt, mt = seqblocks.tensor(x, requires_grad=True), seqblocks.tensor(mem, requires_grad=True)
+                y = run(xt, mt, need_weights)
+                y = y[0] if need_weights else y
+                y.backward(np.sin(np.arange(y.numpy().size)).reshape(y.shape).astype(np.float32))
+            grads = [xt.grad] + ([mt.grad] if name == "dec" else []) + [p.grad for _, p in module.named_parameters()]
+            results.append([y.numpy()] + grads)
+        for a, b in zip(*results):
+            np.testing.assert_array_equal(a, b, err_msg=name)
+
+
 def test_weights_gradient_flows(rng):
     layer = nn.TransformerEncoderLayer(E, H, FF, dropout=0.0, batch_first=True, dtype=np.float64)
     x = seqblocks.tensor(rng.standard_normal((B, L, E)), requires_grad=True)

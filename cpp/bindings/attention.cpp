@@ -22,13 +22,6 @@ template <class T>
 using CArray = py::array_t<T, py::array::c_style | py::array::forcecast>;
 using IArray = py::array_t<int64_t, py::array::c_style | py::array::forcecast>;
 
-void check_3d(const py::array& a, const char* name) {
-  if (a.ndim() != 3) {
-    throw std::invalid_argument(std::string(name) + ": expected a 3-D array (N, len, features), got shape " +
-                                shape_str(a));
-  }
-}
-
 void check_dim(const py::array& a, const char* name, int axis, int64_t want, const char* what) {
   if (a.shape(axis) != want) {
     throw std::invalid_argument(std::string(name) + ": expected dim " + std::to_string(axis) + " = " +
@@ -103,6 +96,10 @@ SdpaArgs<T> make_args(const Common& c, const T* q, const T* k, const T* v,
   a.k_at = SdpaLayout::contiguous(c.s, c.e);
   a.v_at = SdpaLayout::contiguous(c.s, c.ev);
   a.out_at = SdpaLayout::contiguous(c.l, c.ev);
+  a.dout_at = a.out_at;
+  a.dq_at = a.q_at;
+  a.dk_at = a.k_at;
+  a.dv_at = a.v_at;
   if (mask) {
     a.mask = mask->data();
     a.mask_off = off->data();
@@ -177,35 +174,96 @@ py::tuple forward(const py::array& q_arr, const py::array& k_arr, const py::arra
   return py::make_tuple(std::move(out), std::move(stats));
 }
 
+// A 4-D (B, H, len, features) view the backward writes into: q's dtype, the given shape,
+// writable, and a layout heads_layout accepts.
 template <class T>
-py::tuple backward(const py::array& dout_arr, const py::array& q_arr, const py::array& k_arr, const py::array& v_arr,
-                   const py::array& out_arr, const py::array& stats_arr, const std::optional<py::array>& mask_arr,
-                   const std::optional<py::array>& off_arr, int64_t sl, int64_t ss, bool causal, double scale,
-                   double p, uint64_t seed, const Common& c) {
-  CArray<T> q = CArray<T>::ensure(q_arr), k = CArray<T>::ensure(k_arr), v = CArray<T>::ensure(v_arr);
-  CArray<T> dout = CArray<T>::ensure(dout_arr), out = CArray<T>::ensure(out_arr), stats = CArray<T>::ensure(stats_arr);
+SdpaLayout grad_layout(const py::array& a, const char* name, int64_t b, int64_t h, int64_t len, int64_t feat,
+                       DType t) {
+  check_dtype(a, name, t);
+  const int64_t want[4] = {b, h, len, feat};
+  if (a.ndim() != 4) {
+    throw std::invalid_argument(std::string(name) + ": expected a 4-D array (B, H, len, features), got shape " +
+                                shape_str(a));
+  }
+  for (int ax = 0; ax < 4; ++ax) check_dim(a, name, ax, want[ax], "its input's shape");
+  if (!a.writeable()) throw std::invalid_argument(std::string(name) + ": expected a writable array");
+  return heads_layout<T>(a, name);
+}
+
+// 3-D (N, len, features) operands: contiguous (copied if not); dq, dk, dv allocated here.
+// 4-D (B, H, len, features) q, k, v, out and grad_output: read in place with their strides,
+// and dq, dk, dv written in place into the given 4-D views (views of one packed gradient of a
+// projection, typically); every element of them is written.
+template <class T>
+py::object backward(const py::array& dout_arr, const py::array& q_arr, const py::array& k_arr, const py::array& v_arr,
+                    const py::array& out_arr, const py::array& stats_arr, const std::optional<py::array>& mask_arr,
+                    const std::optional<py::array>& off_arr, int64_t sl, int64_t ss, bool causal, double scale,
+                    double p, uint64_t seed, const Common& c, const std::optional<py::tuple>& grads, DType t) {
+  const bool heads = q_arr.ndim() == 4;
+  std::optional<CArray<T>> q, k, v, dout, out;
+  if (!heads) {
+    q = CArray<T>::ensure(q_arr), k = CArray<T>::ensure(k_arr), v = CArray<T>::ensure(v_arr);
+    dout = CArray<T>::ensure(dout_arr), out = CArray<T>::ensure(out_arr);
+  }
+  CArray<T> stats = CArray<T>::ensure(stats_arr);
   std::optional<CArray<T>> mask;
   std::optional<IArray> off;
   if (mask_arr) {
     mask = CArray<T>::ensure(*mask_arr);
     off = IArray::ensure(*off_arr);
   }
-  auto dq = new_output<T, py::array::c_style | py::array::forcecast>({c.n, c.l, c.e});
-  auto dk = new_output<T, py::array::c_style | py::array::forcecast>({c.n, c.s, c.e});
-  auto dv = new_output<T, py::array::c_style | py::array::forcecast>({c.n, c.s, c.ev});
-  SdpaArgs<T> a = make_args<T>(c, q.data(), k.data(), v.data(), mask, off, sl, ss, causal, scale, p, seed);
-  a.out = const_cast<T*>(out.data());  // read only in the backward
+  SdpaArgs<T> a = heads ? make_args<T>(c, static_cast<const T*>(q_arr.data()), static_cast<const T*>(k_arr.data()),
+                                       static_cast<const T*>(v_arr.data()), mask, off, sl, ss, causal, scale, p, seed)
+                        : make_args<T>(c, q->data(), k->data(), v->data(), mask, off, sl, ss, causal, scale, p, seed);
   a.stats = const_cast<T*>(stats.data());
-  a.dout = dout.data();
-  a.dq = dq.mutable_data();
-  a.dk = dk.mutable_data();
-  a.dv = dv.mutable_data();
+  py::object result;
+  if (heads) {
+    const int64_t B = q_arr.shape(0), H = q_arr.shape(1);
+    a.heads = H;
+    a.q_at = heads_layout<T>(q_arr, "q");
+    a.k_at = heads_layout<T>(k_arr, "k");
+    a.v_at = heads_layout<T>(v_arr, "v");
+    a.out_at = heads_layout<T>(out_arr, "out");
+    a.dout_at = heads_layout<T>(dout_arr, "grad_output");
+    if (!grads || grads->size() != 3) {
+      throw std::invalid_argument("grads: expected a tuple (dq, dk, dv) of 4-D arrays to write for 4-D q, k, v");
+    }
+    const char* names[3] = {"dq", "dk", "dv"};
+    for (int i = 0; i < 3; ++i) {  // an array, not something a cast would copy (the writes would be lost)
+      if (!py::isinstance<py::array>((*grads)[i])) {
+        throw py::type_error(std::string(names[i]) + ": expected a NumPy array, got " +
+                             std::string(py::str(py::type::of((*grads)[i]).attr("__name__"))));
+      }
+    }
+    py::array dq = (*grads)[0].cast<py::array>(), dk = (*grads)[1].cast<py::array>(),
+              dv = (*grads)[2].cast<py::array>();
+    a.dq_at = grad_layout<T>(dq, "dq", B, H, c.l, c.e, t);
+    a.dk_at = grad_layout<T>(dk, "dk", B, H, c.s, c.e, t);
+    a.dv_at = grad_layout<T>(dv, "dv", B, H, c.s, c.ev, t);
+    a.out = static_cast<T*>(const_cast<void*>(out_arr.data()));  // read only in the backward
+    a.dout = static_cast<const T*>(dout_arr.data());
+    a.dq = static_cast<T*>(dq.mutable_data());
+    a.dk = static_cast<T*>(dk.mutable_data());
+    a.dv = static_cast<T*>(dv.mutable_data());
+    result = py::none();
+  } else {
+    if (grads) throw std::invalid_argument("grads: expected None for 3-D q, k, v (the gradients are allocated)");
+    auto dq = new_output<T, py::array::c_style | py::array::forcecast>({c.n, c.l, c.e});
+    auto dk = new_output<T, py::array::c_style | py::array::forcecast>({c.n, c.s, c.e});
+    auto dv = new_output<T, py::array::c_style | py::array::forcecast>({c.n, c.s, c.ev});
+    a.out = const_cast<T*>(out->data());  // read only in the backward
+    a.dout = dout->data();
+    a.dq = dq.mutable_data();
+    a.dk = dk.mutable_data();
+    a.dv = dv.mutable_data();
+    result = py::make_tuple(std::move(dq), std::move(dk), std::move(dv));
+  }
   {
     py::gil_scoped_release release;
     const AttentionKernels& kt = SEQBLOCKS_DISPATCH(attention_kernels);
     if constexpr (std::is_same_v<T, float>) kt.sdpa_backward_f32(a); else kt.sdpa_backward_f64(a);
   }
-  return py::make_tuple(std::move(dq), std::move(dk), std::move(dv));
+  return result;
 }
 
 }  // namespace
@@ -235,29 +293,36 @@ SEQBLOCKS_BINDINGS(attention) {
       "sdpa_backward",
       [](const py::array& dout, const py::array& q, const py::array& k, const py::array& v, const py::array& out,
          const py::array& stats, std::optional<py::array> mask, std::optional<py::array> mask_offsets, int64_t sl,
-         int64_t ss, bool causal, double scale, double p, uint64_t seed) {
+         int64_t ss, bool causal, double scale, double p, uint64_t seed, std::optional<py::tuple> grads) {
         const DType t = float_dtype_of(q, "q");
-        const Common c = check_common(q, k, v, mask, mask_offsets, sl, ss, t);
+        const bool heads = q.ndim() == 4;
+        const Common c = check_common(q, k, v, mask, mask_offsets, sl, ss, t, heads);
         check_dtype(dout, "grad_output", t);
         check_dtype(out, "out", t);
         check_dtype(stats, "stats", t);
-        check_3d(dout, "grad_output");
-        check_3d(out, "out");
-        for (int ax = 0; ax < 3; ++ax) {
-          const int64_t want = ax == 0 ? c.n : ax == 1 ? c.l : c.ev;
-          check_dim(dout, "grad_output", ax, want, "the output's shape");
-          check_dim(out, "out", ax, want, "the output's shape");
+        const int nd = heads ? 4 : 3;
+        for (const auto& [a, name] : {std::pair<const py::array&, const char*>{dout, "grad_output"}, {out, "out"}}) {
+          if (a.ndim() != nd) {
+            throw std::invalid_argument(std::string(name) + (heads ? ": expected a 4-D array (B, H, L, Ev)"
+                                                                   : ": expected a 3-D array (N, L, Ev)") +
+                                        ", got shape " + shape_str(a));
+          }
+          for (int ax = 0; ax < nd - 2; ++ax) check_dim(a, name, ax, q.shape(ax), "q's leading dims");
+          check_dim(a, name, nd - 2, c.l, "the output's shape");
+          check_dim(a, name, nd - 1, c.ev, "the output's shape");
         }
         if (stats.ndim() != 3 || stats.shape(0) != c.n || stats.shape(1) != c.l || stats.shape(2) != 2) {
           throw std::invalid_argument("stats: expected shape (N, L, 2), got " + shape_str(stats));
         }
-        return t == DType::f32
-                   ? backward<float>(dout, q, k, v, out, stats, mask, mask_offsets, sl, ss, causal, scale, p, seed, c)
-                   : backward<double>(dout, q, k, v, out, stats, mask, mask_offsets, sl, ss, causal, scale, p, seed, c);
+        return t == DType::f32 ? backward<float>(dout, q, k, v, out, stats, mask, mask_offsets, sl, ss, causal, scale,
+                                                 p, seed, c, grads, t)
+                               : backward<double>(dout, q, k, v, out, stats, mask, mask_offsets, sl, ss, causal,
+                                                  scale, p, seed, c, grads, t);
       },
       py::arg("grad_output").noconvert(), py::arg("q").noconvert(), py::arg("k").noconvert(),
       py::arg("v").noconvert(), py::arg("out").noconvert(), py::arg("stats").noconvert(), py::arg("mask").none(true),
       py::arg("mask_offsets").none(true), py::arg("mask_row_stride"), py::arg("mask_col_stride"), py::arg("causal"),
-      py::arg("scale"), py::arg("dropout_p"), py::arg("seed"),
-      "gradients (dq, dk, dv) of sdpa_forward, probabilities recomputed per tile");
+      py::arg("scale"), py::arg("dropout_p"), py::arg("seed"), py::arg("grads") = py::none(),
+      "gradients of sdpa_forward, probabilities recomputed per tile: for 3-D operands a new (dq, dk, dv); for 4-D "
+      "(B, H, ...) views (read in place) written into grads = (dq, dk, dv), 4-D writable views, returning None");
 }

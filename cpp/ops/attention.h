@@ -42,12 +42,13 @@ struct SdpaLayout {
 template <class T>
 struct SdpaArgs {
   int64_t n = 0, l = 0, s = 0, e = 0, ev = 0;
-  // Forward: the layouts of q, k, v and out (the backward takes contiguous (N, len, features)
-  // arrays). Besides contiguous arrays, they describe q, k, v read in place from a packed
-  // (B, L, 3, H, E) projection and out written as (B, L, H, Ev): the layouts around multi-head
-  // attention, so that inference splits and merges the heads without copies.
+  // The layout of every (N, len, features) operand. Besides contiguous arrays, they describe
+  // q, k, v read in place from a packed (B, L, 3, H, E) projection, out and dout as (B, L, H, Ev)
+  // and dq, dk, dv written into a packed (B, L, 3, H, E) gradient: the layouts around multi-head
+  // attention, so that neither direction copies heads apart or together.
   int64_t heads = 1;
   SdpaLayout q_at, k_at, v_at, out_at;
+  SdpaLayout dout_at, dq_at, dk_at, dv_at;  // backward
   const T* q = nullptr;
   const T* k = nullptr;
   const T* v = nullptr;
@@ -59,7 +60,7 @@ struct SdpaArgs {
   double dropout_p = 0.0;
   uint64_t seed = 0;
   T* out = nullptr;  // forward output (N, L, Ev); backward input
-  T* stats = nullptr;  // forward output (N, L, 2); backward input
+  T* stats = nullptr;  // forward output (N, L, 2), always contiguous; backward input
   const T* dout = nullptr;  // backward
   T* dq = nullptr;
   T* dk = nullptr;

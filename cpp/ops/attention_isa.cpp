@@ -311,39 +311,48 @@ void sdpa_forward(const SdpaArgs<T>& a) {
 
 // --------------------------------------------------------------------------------- backward
 
+// Rows [r0, r1) of one (len, cols) matrix with row stride ld set to zero.
+template <class T>
+void zero_rows(T* p, int64_t ld, int64_t r0, int64_t r1, int64_t cols) {
+  for (int64_t r = r0; r < r1; ++r) std::fill(p + r * ld, p + r * ld + cols, T(0));
+}
+
 // All of dq[n], dk[n], dv[n]: key blocks outer (dk_j, dv_j accumulate in place), query blocks
-// inner (dq_i accumulates in place).
+// inner (dq_i accumulates in place). Every operand is addressed through its layout (row stride
+// ld*), so packed projections and merged heads are read and written in place.
 template <class Isa, class T>
 void backward_one(const SdpaArgs<T>& a, int64_t n, T* p, T* dp, T* d, T* kt, T* vt, T* abuf, T* bbuf,
                   const DropoutKey& drop) {
-  const T* q = a.q + n * a.l * a.e;
-  const T* k = a.k + n * a.s * a.e;
-  const T* v = a.v + n * a.s * a.ev;
-  const T* dout = a.dout + n * a.l * a.ev;
-  const T* out = a.out + n * a.l * a.ev;
+  const T* q = matrix(a.q, a.q_at, a.heads, n);
+  const T* k = matrix(a.k, a.k_at, a.heads, n);
+  const T* v = matrix(a.v, a.v_at, a.heads, n);
+  const T* dout = matrix(a.dout, a.dout_at, a.heads, n);
+  const T* out = matrix(a.out, a.out_at, a.heads, n);
   const T* stats = a.stats + 2 * n * a.l;
-  T* dq = a.dq + n * a.l * a.e;
-  T* dk = a.dk + n * a.s * a.e;
-  T* dv = a.dv + n * a.s * a.ev;
+  T* dq = matrix(a.dq, a.dq_at, a.heads, n);
+  T* dk = matrix(a.dk, a.dk_at, a.heads, n);
+  T* dv = matrix(a.dv, a.dv_at, a.heads, n);
+  const int64_t ldq = a.q_at.row, ldk = a.k_at.row, ldv = a.v_at.row, ldo = a.out_at.row, lddo = a.dout_at.row;
+  const int64_t lddq = a.dq_at.row, lddk = a.dk_at.row, lddv = a.dv_at.row;
   // The first product into each gradient block overwrites it (beta = 0): dq_i first at key
   // block 0, dk_j and dv_j first at their first visible query block. Only blocks no product
   // reaches (no keys; causal keys past the last query) are cleared here.
-  if (a.s == 0) std::fill(dq, dq + a.l * a.e, T(0));
-  for (int64_t i = 0; i < a.l; ++i) d[i] = dot_row<Isa, T>(dout + i * a.ev, out + i * a.ev, a.ev);
-  transpose_blocked<Isa, T>(k, a.e, a.s, a.e, kBwdBc, kt);
-  transpose_blocked<Isa, T>(v, a.ev, a.s, a.ev, kBwdBc, vt);
+  if (a.s == 0) zero_rows(dq, lddq, 0, a.l, a.e);
+  for (int64_t i = 0; i < a.l; ++i) d[i] = dot_row<Isa, T>(dout + i * lddo, out + i * ldo, a.ev);
+  transpose_blocked<Isa, T>(k, ldk, a.s, a.e, kBwdBc, kt);
+  transpose_blocked<Isa, T>(v, ldv, a.s, a.ev, kBwdBc, vt);
   for (int64_t j0 = 0; j0 < a.s; j0 += kBwdBc) {
     const int64_t cols = std::min(kBwdBc, a.s - j0);
     const int64_t i_first = a.causal ? j0 / kBwdBr * kBwdBr : 0;  // query blocks that see key j0
     if (i_first >= a.l) {
-      std::fill(dk + j0 * a.e, dk + (j0 + cols) * a.e, T(0));
-      std::fill(dv + j0 * a.ev, dv + (j0 + cols) * a.ev, T(0));
+      zero_rows(dk, lddk, j0, j0 + cols, a.e);
+      zero_rows(dv, lddv, j0, j0 + cols, a.ev);
     }
     for (int64_t i0 = i_first; i0 < a.l; i0 += kBwdBr) {
       const int64_t rows = std::min(kBwdBr, a.l - i0);
       const T beta_kv = i0 == i_first ? T(0) : T(1), beta_q = j0 == 0 ? T(0) : T(1);
-      tile_gemm<Isa, T>(rows, cols, a.e, q + i0 * a.e, a.e, false, kt + j0 * a.e, kBwdBc, false, p, kBwdBc, kLog2e<T> * a.scale,
-                        T(0), abuf, bbuf);
+      tile_gemm<Isa, T>(rows, cols, a.e, q + i0 * ldq, ldq, false, kt + j0 * a.e, kBwdBc, false, p, kBwdBc,
+                        kLog2e<T> * a.scale, T(0), abuf, bbuf);
       mask_tile(a, n, i0, rows, j0, cols, p, kBwdBc);
       for (int64_t r = 0; r < rows; ++r) {
         T* prow = p + r * kBwdBc;
@@ -363,10 +372,10 @@ void backward_one(const SdpaArgs<T>& a, int64_t n, T* p, T* dp, T* d, T* kt, T* 
         }
         pd = dp;
       }
-      tile_gemm<Isa, T>(cols, a.ev, rows, pd, kBwdBc, true, dout + i0 * a.ev, a.ev, false, dv + j0 * a.ev, a.ev, T(1),
+      tile_gemm<Isa, T>(cols, a.ev, rows, pd, kBwdBc, true, dout + i0 * lddo, lddo, false, dv + j0 * lddv, lddv, T(1),
                         beta_kv, abuf, bbuf);
       // dp = (dout_i v_j^T) f,  ds = p (dp - D)  (in p's buffer)
-      tile_gemm<Isa, T>(rows, cols, a.ev, dout + i0 * a.ev, a.ev, false, vt + j0 * a.ev, kBwdBc, false, dp, kBwdBc,
+      tile_gemm<Isa, T>(rows, cols, a.ev, dout + i0 * lddo, lddo, false, vt + j0 * a.ev, kBwdBc, false, dp, kBwdBc,
                         T(1), T(0), abuf, bbuf);
       for (int64_t r = 0; r < rows; ++r) {
         T* dprow = dp + r * kBwdBc;
@@ -375,10 +384,10 @@ void backward_one(const SdpaArgs<T>& a, int64_t n, T* p, T* dp, T* d, T* kt, T* 
         const T di = d[i0 + r];
         for (int64_t c = 0; c < cols; ++c) prow[c] = prow[c] * (dprow[c] - di);
       }
-      tile_gemm<Isa, T>(rows, a.e, cols, p, kBwdBc, false, k + j0 * a.e, a.e, false, dq + i0 * a.e, a.e, a.scale, beta_q,
-                        abuf, bbuf);
-      tile_gemm<Isa, T>(cols, a.e, rows, p, kBwdBc, true, q + i0 * a.e, a.e, false, dk + j0 * a.e, a.e, a.scale, beta_kv,
-                        abuf, bbuf);
+      tile_gemm<Isa, T>(rows, a.e, cols, p, kBwdBc, false, k + j0 * ldk, ldk, false, dq + i0 * lddq, lddq, a.scale,
+                        beta_q, abuf, bbuf);
+      tile_gemm<Isa, T>(cols, a.e, rows, p, kBwdBc, true, q + i0 * ldq, ldq, false, dk + j0 * lddk, lddk, a.scale,
+                        beta_kv, abuf, bbuf);
     }
   }
 }

@@ -14,6 +14,8 @@ import math
 import numpy as np
 
 from .. import _core, ops
+from .._backend import backend as _use_backend
+from .._backend import get_backend
 from .._random import next_seed
 from ..autograd import Function, Tensor, _to_numpy, cat, is_grad_enabled
 from . import functional as F
@@ -113,6 +115,52 @@ class _MergeHeads(Function):
         return dx
 
 
+class _PackedHeadsAttention(Function):
+    """Multi-head attention between projections, with no copy of the heads in either direction:
+    q, k and v are (B, H, len, D) views of column blocks of the projections (B, len, n E), read
+    in place by the kernel; the output comes with the heads merged, (B, L, H D); the backward
+    writes dq, dk and dv straight into the projections' gradients (``ops.sdpa_backward(into=)``).
+
+    ``blocks``: for q, k and v, (index into ``sources``, block b) -> columns [b E, (b + 1) E).
+    Every block of every source is used exactly once, so the gradients are written whole."""
+
+    @staticmethod
+    def forward(ctx, mask, causal, dropout_p, seed, heads, embed, blocks, *sources):
+        views = tuple(_heads_view(sources[i], b, heads, embed) for i, b in blocks)
+        out, ws = ops.sdpa_forward(*views, mask, causal, None, dropout_p, seed=seed, needs_grad=ctx.needs_grad,
+                                   merge_heads=True)
+        if ctx.needs_grad:
+            ctx.ws, ctx.blocks, ctx.heads, ctx.embed, ctx.backend = ws, blocks, heads, embed, get_backend()
+            ctx.sources = tuple((s.shape, s.dtype) for s in sources)
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        grads = tuple(_core.empty(shape, dtype) for shape, dtype in ctx.sources)
+        into = tuple(_heads_view(grads[i], b, ctx.heads, ctx.embed) for i, b in ctx.blocks)
+        with _use_backend(ctx.backend):  # the workspace belongs to the backend that made it
+            ops.sdpa_backward(g, ctx.ws, into=into)
+        return (None,) * 7 + grads
+
+
+def _heads_view(proj: np.ndarray, block: int, heads: int, embed: int) -> np.ndarray:
+    """Columns [block E, (block + 1) E) of a (B, len, n E) projection as (B, H, len, D) heads."""
+    B, L, width = proj.shape
+    return proj.reshape(B, L, width // embed, heads, embed // heads)[:, :, block].transpose(0, 2, 1, 3)
+
+
+def packed_attention(sources, blocks, heads: int, embed: int, mask, causal: bool, dropout_p: float) -> Tensor:
+    """The merged (B, L, H D) attention output of q, k, v = the column ``blocks`` of the projections
+    ``sources`` (see ``_PackedHeadsAttention``); dropout draws a seed from the global generator."""
+    for i, src in enumerate(sources):
+        used = sorted(b for j, b in blocks if j == i)
+        if src.ndim != 3 or used != list(range(len(used))) or src.shape[-1] != len(used) * embed:
+            raise ValueError(f"sources: expected source {i} of shape (B, len, {len(used)} x {embed}) with each "
+                             f"block used once, got shape {src.shape} and blocks {used}")
+    seed = next_seed() if dropout_p > 0 else None
+    return _PackedHeadsAttention.apply(mask, bool(causal), dropout_p, seed, heads, embed, tuple(blocks), *sources)
+
+
 def _merge_heads(x: Tensor) -> Tensor:
     """(B, H, L, D) -> (B, L, H D)."""
     return _MergeHeads.apply(x)
@@ -144,6 +192,18 @@ def _float_mask(mask, name: str, dtype, shapes: tuple) -> np.ndarray | None:
     if m.dtype.kind != "f":
         raise TypeError(f"{name}: expected a bool or float array, got dtype {m.dtype}")
     return m.astype(dtype, copy=False)
+
+
+def _heads_mask(am, kpm, B: int, H: int, L: int, S: int):
+    """The additive (L, S) or (B H, L, S) attention mask and (B, S) key padding mask as one mask
+    broadcastable to (B, H, L, S), or None."""
+    mask = None
+    if am is not None:
+        mask = am.reshape(1, 1, L, S) if am.ndim == 2 else am.reshape(B, H, L, S)
+    if kpm is not None:
+        kp = kpm.reshape(B, 1, 1, S)
+        mask = kp if mask is None else mask + kp
+    return mask
 
 
 class MultiheadAttention(Module):
@@ -274,6 +334,12 @@ class MultiheadAttention(Module):
             v = cat([v, self.bias_v + zeros], 1)
             am = None if am is None else np.pad(am, [(0, 0)] * (am.ndim - 1) + [(0, 1)])
             kpm = None if kpm is None else np.pad(kpm, [(0, 0), (0, 1)])
+        p = self.dropout if self.training else 0.0
+        if is_grad_enabled() and not need_weights and not self.add_zero_attn:
+            # training: heads read in place from the projections, gradients written in place
+            mask = _heads_mask(am, kpm, B, H, L, k.shape[1] if k is not None else L)
+            sources, blocks = ((q,), ((0, 0), (0, 1), (0, 2))) if packed else ((q, k, v), ((0, 0), (1, 0), (2, 0)))
+            return self._finish(packed_attention(sources, blocks, H, E, mask, False, p), None, batched)
         if packed:
             q, k, v = _split_heads(q, 3, H)
         else:
@@ -284,14 +350,7 @@ class MultiheadAttention(Module):
             v = cat([v, z], 2)
             am = None if am is None else np.pad(am, [(0, 0)] * (am.ndim - 1) + [(0, 1)])
             kpm = None if kpm is None else np.pad(kpm, [(0, 0), (0, 1)])
-        S2 = k.shape[2]
-        mask = None
-        if am is not None:
-            mask = am.reshape(1, 1, L, S2) if am.ndim == 2 else am.reshape(B, H, L, S2)
-        if kpm is not None:
-            kp = kpm.reshape(B, 1, 1, S2)
-            mask = kp if mask is None else mask + kp
-        p = self.dropout if self.training else 0.0
+        mask = _heads_mask(am, kpm, B, H, L, k.shape[2])
         seed = next_seed() if p > 0 else None
         # The output always comes from the fused op (zeros on rows with no visible key); the
         # weights, when asked for, from an explicit softmax with the same dropout mask (the

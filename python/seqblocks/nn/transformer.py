@@ -29,7 +29,7 @@ from .._random import next_seed
 from ..autograd import Function, Tensor, _to_numpy, is_grad_enabled, no_grad
 from . import functional as F
 from . import init
-from .attention import MultiheadAttention, _merge_heads, _split_heads
+from .attention import MultiheadAttention, _merge_heads, _split_heads, packed_attention
 from .attention import _float_mask as _additive
 from .container import ModuleList
 from .functional import _OpsPair, _tensor
@@ -247,10 +247,21 @@ def _attend(mha: MultiheadAttention, q, k, v, m: _Mask, training: bool, need_wei
     return _merge_heads(out), weights
 
 
+def _in_place(need_weights: bool, cache) -> bool:
+    """Whether training attention reads its heads in place from the projections (no weights to
+    return, no cache to fill; inference reads them in place in ``_attend``)."""
+    return is_grad_enabled() and not need_weights and cache is None
+
+
 def _self_attention(mha, x, m: _Mask, training, need_weights, cache: _LayerCache | None = None):
     H = mha.num_heads
     E = mha.embed_dim
-    q, k, v = _split_heads(F.linear(x, mha.in_proj_weight, mha.in_proj_bias), 3, H)
+    proj = F.linear(x, mha.in_proj_weight, mha.in_proj_bias)
+    if _in_place(need_weights, cache):
+        p = mha.dropout if training else 0.0
+        out = packed_attention((proj,), ((0, 0), (0, 1), (0, 2)), H, E, m.mask, m.causal, p)
+        return mha.out_proj(out), None
+    q, k, v = _split_heads(proj, 3, H)
     if cache is not None:  # inference: append this step's keys and values
         if cache.k is not None:
             k = Tensor(np.concatenate([cache.k, k.data], axis=2))
@@ -282,7 +293,15 @@ def _cross_attention(mha, x, memory, m: _Mask, training, need_weights, cache: _L
     # The query rows of the packed projection apply to x, the key and value rows to memory.
     w_q, w_kv = _SplitRows.apply(mha.in_proj_weight, (0, E, 3 * E))
     b_q, b_kv = (None, None) if mha.in_proj_bias is None else _SplitRows.apply(mha.in_proj_bias, (0, E, 3 * E))
-    q = _split_heads(F.linear(x, w_q, b_q), 1, H)
+    q_proj = F.linear(x, w_q, b_q)
+    if _in_place(need_weights, cache):
+        if memory is None:
+            raise ValueError("memory: required (the cache holds no cross-attention keys yet)")
+        p = mha.dropout if training else 0.0
+        out = packed_attention((q_proj, F.linear(memory, w_kv, b_kv)), ((0, 0), (1, 0), (1, 1)), H, E, m.mask,
+                               m.causal, p)
+        return mha.out_proj(out), None
+    q = _split_heads(q_proj, 1, H)
     if cache is not None and cache.cross_k is not None:
         k, v = Tensor(cache.cross_k), Tensor(cache.cross_v)
     else:

@@ -134,11 +134,17 @@ def sdpa_forward(q, k, v, attn_mask=None, is_causal=False, scale=None, dropout_p
         return out, ws
     sc = 1.0 / math.sqrt(E) if scale is None else scale
     mflat, moff, msl, mss = _native_mask(mask, q.dtype, lead, L, S)
-    if not needs_grad and q.ndim == 4:  # read in place (views of a projection), out merged if asked
+    if q.ndim == 4:  # read in place (views of a projection), out merged if asked
         q4, k4, v4 = (a if _rows_in_place(a) else np.ascontiguousarray(a) for a in (q, k, v))
-        out, _ = _core.sdpa_forward(q4, k4, v4, mflat, moff, msl, mss, bool(is_causal), sc, dropout_p, seed,
-                                    merge_heads)
-        return (out if merge_heads else out.reshape(lead + (L, Ev))), None
+        out, stats = _core.sdpa_forward(q4, k4, v4, mflat, moff, msl, mss, bool(is_causal), sc, dropout_p, seed,
+                                        merge_heads)
+        out4 = _unmerged(out, q.shape[:3] + (Ev,)) if merge_heads else out.reshape(lead + (L, Ev))
+        if not needs_grad:
+            return (out if merge_heads else out4), None
+        ws = {"op": "sdpa", "backend": "native", "q": q, "k": k, "v": v, "mask": mask, "stats": stats, "out": out4,
+              "native": (q4, k4, v4, out4, mflat, moff, msl, mss), "is_causal": bool(is_causal), "scale": sc,
+              "dropout_p": dropout_p, "seed": seed, "merge_heads": merge_heads}
+        return (out if merge_heads else out4), ws
     q3, k3, v3 = (c_order(a).reshape(N, a.shape[-2], a.shape[-1]) for a in (q, k, v))
     out3, stats = _core.sdpa_forward(q3, k3, v3, mflat, moff, msl, mss, bool(is_causal), sc, dropout_p, seed)
     out = out3.reshape(lead + (L, Ev))
@@ -162,24 +168,80 @@ def _rows_in_place(a: np.ndarray) -> bool:
     return all(st >= 0 for st in a.strides) and (a.shape[-1] <= 1 or a.strides[-1] == a.itemsize)
 
 
-def sdpa_backward(grad_output, workspace):
-    """grad_output (..., L, Ev) -> (dq, dk, dv, None); probabilities recomputed per tile."""
+def _check_into(into, workspace, dy):
+    """``into`` as a tuple of three writable arrays shaped and typed like q, k and v, sharing no
+    memory with each other or with what the backward reads."""
+    q, k, v = workspace["q"], workspace["k"], workspace["v"]
+    if not isinstance(into, (tuple, list)) or len(into) != 3:
+        raise TypeError(f"into: expected a tuple (dq, dk, dv) of arrays, got {type(into).__name__}")
+    names = ("dq", "dk", "dv")
+    for name, a, like in zip(names, into, (q, k, v)):
+        if not isinstance(a, np.ndarray):
+            raise TypeError(f"into: expected {name} as a NumPy array, got {type(a).__name__}")
+        if a.shape != like.shape or a.dtype != like.dtype:
+            raise ValueError(f"into: expected {name} of shape {shape_str(like.shape)} and dtype {like.dtype}, got "
+                             f"{shape_str(a.shape)} {a.dtype}")
+        if not a.flags.writeable:
+            raise ValueError(f"into: expected {name} writable, got a read-only array")
+    read = (q, k, v, dy, workspace["out"])
+    for i, a in enumerate(into):
+        for b in tuple(into[i + 1:]) + read:
+            if _overlaps(a, b):
+                raise ValueError(f"into: {names[i]} shares memory with another gradient or with an input of the "
+                                 f"backward")
+    return tuple(into)
+
+
+def _overlaps(a: np.ndarray, b: np.ndarray) -> bool:
+    try:
+        return bool(np.shares_memory(a, b, max_work=100_000))
+    except np.exceptions.TooHardError:  # undecided: treat as overlapping
+        return True
+
+
+def sdpa_backward(grad_output, workspace, *, into=None):
+    """grad_output (..., L, Ev) -> (dq, dk, dv, None); probabilities recomputed per tile.
+
+    ``into`` = (dq, dk, dv): arrays shaped like q, k and v to write the gradients into (returned);
+    views of one packed (B, S, 3, H, E) array give multi-head attention the gradient of its packed
+    projection directly. For 4-D q, k, v the native backward reads q, k, v and a merged
+    grad_output in place and writes ``into`` in place."""
     if not isinstance(workspace, dict) or workspace.get("op") != "sdpa":
         raise ValueError(f"workspace: expected the workspace returned by sdpa_forward(..., needs_grad=True), "
                          f"got {type(workspace).__name__}")
     out = workspace["out"]
     merged = workspace.get("merge_heads", False)
     dy = check_grad_output(grad_output, _merged_shape(out.shape) if merged else out.shape, out.dtype)
+    if into is not None:
+        into = _check_into(into, workspace, dy)
     if workspace["backend"] == "numpy":
-        return reference.sdpa_backward(dy, workspace)
+        grads = reference.sdpa_backward(dy, workspace, into=into)
+        return grads
+    q, k, v = workspace["q"], workspace["k"], workspace["v"]
+    q_, k_, v_, out_, mflat, moff, msl, mss = workspace["native"]
+    args = (workspace["stats"], mflat, moff, msl, mss, workspace["is_causal"], workspace["scale"],
+            workspace["dropout_p"], workspace["seed"])
+    if q_.ndim == 4:  # in place, into the given arrays or new contiguous ones
+        dout = _unmerged(c_order(dy), out.shape) if merged else dy
+        if not _rows_in_place(dout):
+            dout = np.ascontiguousarray(dout)
+        if into is None:
+            into = tuple(_core.empty(a.shape, a.dtype) for a in (q, k, v))
+        targets = tuple(a if _rows_in_place(a) else _core.empty(a.shape, a.dtype) for a in into)
+        _core.sdpa_backward(dout, q_, k_, v_, out_, *args, targets)
+        for a, t in zip(into, targets):
+            if a is not t:
+                np.copyto(a, t)
+        return into + (None,)
     if merged:
         dy = _unmerged(dy, out.shape)
-    q3, k3, v3, out3, mflat, moff, msl, mss = workspace["native"]
-    dq, dk, dv = _core.sdpa_backward(c_order(dy).reshape(out3.shape), q3, k3, v3, out3, workspace["stats"], mflat,
-                                     moff, msl, mss, workspace["is_causal"], workspace["scale"],
-                                     workspace["dropout_p"], workspace["seed"])
-    q, k, v = workspace["q"], workspace["k"], workspace["v"]
-    return dq.reshape(q.shape), dk.reshape(k.shape), dv.reshape(v.shape), None
+    dq, dk, dv = _core.sdpa_backward(c_order(dy).reshape(out_.shape), q_, k_, v_, out_, *args)
+    grads = dq.reshape(q.shape), dk.reshape(k.shape), dv.reshape(v.shape)
+    if into is None:
+        return grads + (None,)
+    for a, g in zip(into, grads):
+        np.copyto(a, g)
+    return into + (None,)
 
 
 # ------------------------------------------------------------------------ additive scores

@@ -100,8 +100,9 @@ def _unmerged(grad, shape):
     return grad.reshape(B, L, H, Ev).transpose(0, 2, 1, 3)
 
 
-def sdpa_backward(grad_output, workspace):
-    """Returns (dq, dk, dv, None); probabilities recomputed from q and k (_probs)."""
+def sdpa_backward(grad_output, workspace, *, into=None):
+    """Returns (dq, dk, dv, None); probabilities recomputed from q and k (_probs). With ``into``
+    = (dq, dk, dv) (arrays shaped like q, k, v) the gradients are written there and returned."""
     q, k, v, mask = workspace["q"], workspace["k"], workspace["v"], workspace["mask"]
     lead = q.shape[:-2]
     L, S = q.shape[-2], k.shape[-2]
@@ -126,7 +127,12 @@ def sdpa_backward(grad_output, workspace):
     dq = np.matmul(ds, kf)
     dk = np.matmul(np.swapaxes(ds, -1, -2), qf)
     dt = q.dtype
-    return (dq.astype(dt).reshape(q.shape), dk.astype(dt).reshape(k.shape), dv.astype(dt).reshape(v.shape), None)
+    grads = dq.astype(dt).reshape(q.shape), dk.astype(dt).reshape(k.shape), dv.astype(dt).reshape(v.shape)
+    if into is None:
+        return grads + (None,)
+    for a, g in zip(into, grads):
+        np.copyto(a, g)
+    return tuple(into) + (None,)
 
 
 def additive_scores_forward(qp, kp, w, *, needs_grad=True):
