@@ -22,7 +22,7 @@ import math
 
 import numpy as np
 
-from .. import ops
+from .. import _core, ops
 from .._backend import backend as _use_backend
 from .._backend import get_backend
 from .._random import next_seed
@@ -284,7 +284,9 @@ class _SplitRows(Function):
 
     @staticmethod
     def backward(ctx, *grads):
-        return np.concatenate(grads, axis=0).reshape(ctx.shape), None
+        joined = _core.empty(ctx.shape, grads[0].dtype)  # (not a reshaped view: autograd would copy it)
+        np.concatenate([g.reshape(-1) for g in grads], out=joined.reshape(-1))
+        return joined, None
 
 
 def _cross_attention(mha, x, memory, m: _Mask, training, need_weights, cache: _LayerCache | None = None):
