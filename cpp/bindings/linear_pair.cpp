@@ -2,6 +2,10 @@
 //   dx (rows, in)  = dy (rows, out) @ W (out, in)        GEMM
 //   dW (out, in)   = dy^T (out, rows) @ x (rows, in)     GEMM with dy read transposed in place
 //   db (out,)      = column sums of dy                    deterministic (ops/elementwise.h)
+// With an activation (the backward of x = act(z) feeding this linear map, as in a feed-forward
+// block): the first output is dz = dx act'(saved) instead, applied by the dx GEMM's epilogue to
+// each finished tile while it is in cache (ops/activation.h, backward_tile) -- the same numbers
+// as the separate activation backward, without writing dx and reading it back.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
@@ -15,6 +19,7 @@
 #include "bindings/ops_args.h"
 #include "bindings/output_cache.h"
 #include "bindings/registry.h"
+#include "ops/activation.h"
 #include "ops/elementwise.h"
 #include "runtime/dispatch.h"
 #include "runtime/threads.h"
@@ -22,9 +27,19 @@
 namespace seqblocks {
 namespace {
 
+// The activation whose derivative multiplies dx: relu | gelu_erf | gelu_tanh, or none.
+std::optional<ActivationGrad> activation_of(const std::optional<std::string>& name) {
+  if (!name) return std::nullopt;
+  if (*name == "relu") return ActivationGrad::relu;
+  if (*name == "gelu_erf") return ActivationGrad::gelu_erf;
+  if (*name == "gelu_tanh") return ActivationGrad::gelu_tanh;
+  throw std::invalid_argument("activation: expected relu, gelu_erf, gelu_tanh or None, got '" + *name + "'");
+}
+
 template <class T>
 py::tuple linear_backward_impl(const py::array& dy_arr, const py::array& x_arr, const py::array& w_arr,
-                               bool has_bias, const std::optional<std::vector<py::ssize_t>>& dx_shape) {
+                               bool has_bias, const std::optional<std::vector<py::ssize_t>>& dx_shape,
+                               std::optional<ActivationGrad> act, const std::optional<py::array>& saved_arr) {
   const int64_t rows = dy_arr.shape(0), out_f = dy_arr.shape(1);
   const int64_t in_f = w_arr.shape(1);
   if (w_arr.shape(0) != out_f) {
@@ -36,6 +51,17 @@ py::tuple linear_backward_impl(const py::array& dy_arr, const py::array& x_arr, 
                                 "), got " + shape_str(x_arr));
   }
   checked_mul(checked_mul(rows, in_f, "dx"), static_cast<int64_t>(sizeof(T)), "dx bytes");
+  if (act.has_value() != saved_arr.has_value()) {
+    throw std::invalid_argument("saved: expected an array exactly when activation is given");
+  }
+  std::optional<py::array_t<T, py::array::c_style>> saved;
+  if (saved_arr) {
+    if (saved_arr->ndim() != 2 || saved_arr->shape(0) != rows || saved_arr->shape(1) != in_f) {
+      throw std::invalid_argument("saved: expected shape (" + std::to_string(rows) + ", " + std::to_string(in_f) +
+                                  ") (dx's), got " + shape_str(*saved_arr));
+    }
+    saved = c_input<T>(*saved_arr);
+  }
   auto dy = c_input<T>(dy_arr);
   auto x = c_input<T>(x_arr);
   auto w = c_input<T>(w_arr);
@@ -77,6 +103,13 @@ py::tuple linear_backward_impl(const py::array& dy_arr, const py::array& x_arr, 
     pdw_p.b = px, pdw_p.ldb = in_f;
     pdw_p.c = pdw, pdw_p.ldc = in_f;
     const bool dx_gemm = rows * in_f > 0 && out_f > 0, dw_gemm = out_f * in_f > 0 && rows > 0;
+    // float64 GELU (erf) needs gelu(x) beside x (no vector form): a pass after the GEMM instead.
+    const bool act_after = act && *act == ActivationGrad::gelu_erf && std::is_same_v<T, double>;
+    const ActivationKernels& ak = SEQBLOCKS_DISPATCH(activation_kernels);
+    const ActivationTile<T> tile{act.value_or(ActivationGrad::relu), saved ? saved->data() : nullptr, pdx};
+    GemmPost<T> act_post{nullptr, &tile};
+    if constexpr (std::is_same_v<T, float>) act_post.fn = ak.backward_tile_f32; else act_post.fn = ak.backward_tile_f64;
+    if (act && !act_after) pdx_p.post = &act_post;
     if (rows * in_f > 0 && out_f == 0) std::fill(pdx, pdx + rows * in_f, T(0));
     if (out_f * in_f > 0 && rows == 0) std::fill(pdw, pdw + out_f * in_f, T(0));
     // dx and dW have equal work: at two threads one each (gemm/gemm.h, gemm_pair)
@@ -84,6 +117,16 @@ py::tuple linear_backward_impl(const py::array& dy_arr, const py::array& x_arr, 
       kernels().gemm_pair_f32(dx_gemm ? &pdx_p : nullptr, dw_gemm ? &pdw_p : nullptr, num_threads());
     } else {
       kernels().gemm_pair_f64(dx_gemm ? &pdx_p : nullptr, dw_gemm ? &pdw_p : nullptr, num_threads());
+    }
+    const int64_t n = rows * in_f;
+    if (act && (act_after || !dx_gemm) && n > 0) {  // (dx = 0 without a GEMM: the epilogue never ran)
+      std::vector<T> aux(act_after ? static_cast<size_t>(n) : 0);
+      if constexpr (std::is_same_v<T, double>) {
+        if (act_after) kernels().unary_f64(UnaryOp::gelu_erf, saved->data(), aux.data(), n, num_threads());
+        ak.backward_f64(*act, pdx, saved->data(), aux.data(), pdx, n, num_threads());
+      } else {
+        ak.backward_f32(*act, pdx, saved->data(), nullptr, pdx, n, num_threads());
+      }
     }
     if (pdb != nullptr) {
       const ElementwiseKernels& k = SEQBLOCKS_DISPATCH(elementwise_kernels);
@@ -106,7 +149,8 @@ SEQBLOCKS_BINDINGS(linear_pair) {
   m.def(
       "linear_backward",
       [](const py::array& dy, const py::array& x, const py::array& weight, bool has_bias,
-         const std::optional<std::vector<py::ssize_t>>& dx_shape) {
+         const std::optional<std::vector<py::ssize_t>>& dx_shape, const std::optional<std::string>& activation,
+         const std::optional<py::array>& saved) {
         for (auto [arr, name] : {std::pair{&dy, "grad_output"}, std::pair{&x, "x"}, std::pair{&weight, "weight"}}) {
           if (arr->ndim() != 2) {
             throw std::invalid_argument(std::string(name) + ": expected a 2-D array, got shape " + shape_str(*arr));
@@ -115,11 +159,15 @@ SEQBLOCKS_BINDINGS(linear_pair) {
         const DType t = float_dtype_of(dy, "grad_output");
         expect_dtype(x, t, "x", "grad_output");
         expect_dtype(weight, t, "weight", "grad_output");
-        return t == DType::f32 ? linear_backward_impl<float>(dy, x, weight, has_bias, dx_shape)
-                               : linear_backward_impl<double>(dy, x, weight, has_bias, dx_shape);
+        const std::optional<ActivationGrad> act = activation_of(activation);
+        if (saved) expect_dtype(*saved, t, "saved", "grad_output");
+        return t == DType::f32 ? linear_backward_impl<float>(dy, x, weight, has_bias, dx_shape, act, saved)
+                               : linear_backward_impl<double>(dy, x, weight, has_bias, dx_shape, act, saved);
       },
       py::arg("grad_output").noconvert(), py::arg("x").noconvert(), py::arg("weight").noconvert(),
-      py::arg("has_bias"), py::arg("dx_shape") = py::none(),
+      py::arg("has_bias"), py::arg("dx_shape") = py::none(), py::arg("activation") = py::none(),
+      py::arg("saved") = py::none(),
       "(dx, dweight, dbias or None) of y = x @ weight.T + bias for dy (rows, out), x (rows, in), weight (out, in);"
-      " dx in dx_shape (..., in) when given");
+      " dx in dx_shape (..., in) when given; with activation (relu | gelu_erf | gelu_tanh) and saved (rows, in) "
+      "(what that activation's forward saved: relu's output, gelu's input) dx act'(saved) instead of dx");
 }

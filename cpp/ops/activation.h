@@ -24,6 +24,16 @@ namespace seqblocks {
 
 enum class ActivationGrad : int { relu = 0, tanh, sigmoid, gelu_erf, gelu_tanh };
 
+// Where backward_tile finds f's input for a tile of the GEMM it follows: the tile at c has its
+// saved values at saved + (c - c0) (saved laid out as the GEMM's C). gelu_erf in float64 needs
+// aux (gelu(x)) and is not offered as a tile: the caller runs backward_f64 after the GEMM.
+template <class T>
+struct ActivationTile {
+  ActivationGrad kind;
+  const T* saved;
+  const T* c0;
+};
+
 struct ActivationKernels {
   void (*relu_forward_f32)(const float* x, float* y, int64_t n, int nthreads);
   void (*relu_forward_f64)(const double* x, double* y, int64_t n, int nthreads);
@@ -32,6 +42,10 @@ struct ActivationKernels {
                        int64_t n, int nthreads);
   void (*backward_f64)(ActivationGrad kind, const double* dy, const double* saved, const double* aux,
                        double* dx, int64_t n, int nthreads);
+  // The same as a GEMM epilogue (GemmPost::fn, ctx an ActivationTile): dy -> dy f'(saved) in
+  // place on finished tiles of the GEMM that produces dy, on the GEMM's thread.
+  void (*backward_tile_f32)(float* c, int64_t ldc, int64_t rows, int64_t cols, const void* ctx);
+  void (*backward_tile_f64)(double* c, int64_t ldc, int64_t rows, int64_t cols, const void* ctx);
 };
 
 template <class Isa>

@@ -106,34 +106,35 @@ void relu_forward(const T* x, T* y, int64_t n, int nthreads) {
   run_map<Isa, T>(x, x, nullptr, y, n, nthreads, [](R xv, R, R) { return V::max(V::zero(), xv); });
 }
 
-template <class Isa, class T>
-void activation_backward(ActivationGrad kind, const T* dy, const T* saved, const T* aux, T* dx, int64_t n,
-                         int nthreads) {
+// dx = dy f'(saved) over n elements: `map(a, b, c, dst, n, f)` applies the per-vector f -- on
+// all threads (activation_backward) or on the calling thread (backward_tile).
+template <class Isa, class T, class Map>
+void backward_with(ActivationGrad kind, const T* dy, const T* saved, const T* aux, T* dx, int64_t n, Map map) {
   using V = Vec<Isa, T>;
   using R = typename V::reg;
   switch (kind) {
     case ActivationGrad::relu:
-      run_map<Isa, T>(dy, saved, nullptr, dx, n, nthreads,
+      map(dy, saved, nullptr, dx, n,
                       [](R g, R y, R) { return V::select(V::le(y, V::zero()), V::zero(), g); });
       break;
     case ActivationGrad::tanh:
-      run_map<Isa, T>(dy, saved, nullptr, dx, n, nthreads,
+      map(dy, saved, nullptr, dx, n,
                       [](R g, R y, R) { return V::mul(g, V::fnmadd(y, y, V::set1(T(1)))); });
       break;
     case ActivationGrad::sigmoid:
-      run_map<Isa, T>(dy, saved, nullptr, dx, n, nthreads,
+      map(dy, saved, nullptr, dx, n,
                       [](R g, R y, R) { return V::mul(g, V::fnmadd(y, y, y)); });
       break;
     case ActivationGrad::gelu_erf:
       if constexpr (std::is_same_v<T, float>) {  // aux unused (see math::gelu_erf_grad)
-        run_map<Isa, T>(dy, saved, nullptr, dx, n, nthreads,
+        map(dy, saved, nullptr, dx, n,
                         [](R g, R x, R) { return V::mul(g, math::gelu_erf_grad<Isa>(x)); });
         break;
       }
       // double: Phi(x) = gelu(x) / x from aux = gelu(x) (libm, see math::gelu_erf_f64); past
       // |x| = 40, where Phi is 0 or 1 and x phi(x) below 1e-340, the limits 0 and 1 (inf / inf
       // and inf * 0 would give NaN at +-inf).
-      run_map<Isa, T>(dy, saved, aux, dx, n, nthreads, [](R g, R x, R gelu) {
+      map(dy, saved, aux, dx, n, [](R g, R x, R gelu) {
         const R inv_sqrt_2pi = V::set1(T(0.3989422804014327));
         const auto small = V::lt(V::abs(x), V::set1(T(9.5367431640625e-07)));  // 2^-20
         const R big_phi = V::select(small, V::fmadd(x, inv_sqrt_2pi, V::set1(T(0.5))), V::div(gelu, x));
@@ -145,7 +146,7 @@ void activation_backward(ActivationGrad kind, const T* dy, const T* saved, const
       });
       break;
     case ActivationGrad::gelu_tanh:
-      run_map<Isa, T>(dy, saved, nullptr, dx, n, nthreads, [](R g, R x_in, R) {
+      map(dy, saved, nullptr, dx, n, [](R g, R x_in, R) {
         const R k = V::set1(T(0.7978845608028654)), c = V::set1(T(0.044715)), one = V::set1(T(1));
         const R half = V::set1(T(0.5)), two = V::set1(T(2));
         const R x = V::max(V::set1(T(-20)), V::min(V::set1(T(20)), x_in));  // NaN propagates
@@ -165,6 +166,35 @@ void activation_backward(ActivationGrad kind, const T* dy, const T* saved, const
   }
 }
 
+template <class Isa, class T>
+void activation_backward(ActivationGrad kind, const T* dy, const T* saved, const T* aux, T* dx, int64_t n,
+                         int nthreads) {
+  backward_with<Isa, T>(kind, dy, saved, aux, dx, n,
+                        [nthreads](const T* a, const T* b, const T* c, T* dst, int64_t m, auto f) {
+                          run_map<Isa, T>(a, b, c, dst, m, nthreads, f);
+                        });
+}
+
+// GemmPost over the GEMM producing dy (rows x cols at c, row stride ldc): dy -> dy f'(saved) in
+// place, saved at the same offset from its start as c from C's (ActivationTile). Calling
+// thread only, element for element the arithmetic of activation_backward.
+template <class Isa, class T>
+void backward_tile(T* c, int64_t ldc, int64_t rows, int64_t cols, const void* ctx) {
+  const auto& t = *static_cast<const ActivationTile<T>*>(ctx);
+  for (int64_t r = 0; r < rows; ++r) {
+    T* row = c + r * ldc;
+    const T* saved = t.saved + (row - t.c0);
+    backward_with<Isa, T>(t.kind, row, saved, nullptr, row, cols,
+                          [](const T* a, const T* b, const T* cc, T* dst, int64_t m, auto f) {
+                            const Map3<Isa, T, decltype(f)> op{a, b, cc, dst, f};
+                            constexpr int W = Vec<Isa, T>::width;
+                            int64_t i = 0;
+                            for (; i + W <= m; i += W) op.full(i);
+                            if (i < m) op.tail(i, static_cast<int>(m - i));
+                          });
+  }
+}
+
 }  // namespace
 
 template <>
@@ -174,6 +204,8 @@ const ActivationKernels& activation_kernels<TargetIsa>() {
       &relu_forward<TargetIsa, double>,
       &activation_backward<TargetIsa, float>,
       &activation_backward<TargetIsa, double>,
+      &backward_tile<TargetIsa, float>,
+      &backward_tile<TargetIsa, double>,
   };
   return table;
 }

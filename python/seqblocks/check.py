@@ -107,6 +107,12 @@ for _act in ("relu", "gelu", "gelu_tanh"):
     register(OpCheck(f"linear_act({_act})", "linear_act",
                      lambda r, d, a=_act: ((_n(r, (5, 7, 65), d), _n(r, (33, 65), d) / 8, _n(r, (33,), d), a), {}),
                      sum_factor(65) + 8.0, grad_factor=sum_factor(35) + sum_factor(65)))
+for _act in ("relu", "gelu", "gelu_tanh"):
+    register(OpCheck(f"feed_forward({_act})", "feed_forward",
+                     lambda r, d, a=_act: ((_n(r, (5, 7, 65), d), _n(r, (48, 65), d) / 8, _n(r, (48,), d),
+                                            _n(r, (33, 48), d) / 8, _n(r, (33,), d), a), {}),
+                     sum_factor(65) + sum_factor(48) + 8.0,
+                     grad_factor=sum_factor(35) + sum_factor(65) + sum_factor(48)))
 register(OpCheck("embedding", "embedding",
                  lambda r, d: ((r.integers(0, 50, (4, 9)), _n(r, (50, 33), d), 3), {}), 1.0,
                  grad_factor=sum_factor(36)))

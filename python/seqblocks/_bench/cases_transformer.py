@@ -218,15 +218,60 @@ def _linear_act(rng, rows, d_in, d_out, act, fused, backward, torch):
     return Case("transformer", f"linear+{act} {what} float32 rows={rows} {d_in}->{d_out}", flops, impls)
 
 
+def _feed_forward(rng, rows, d, ff, act, fused, torch):
+    """A whole feed-forward block's fwd+bwd, act(x W1^T + b1) W2^T + b2: the fused pair (act' in
+    the epilogue of the dh GEMM) or the linear + activation pair then the linear pair, against
+    torch's aten ops (no autograd tape)."""
+    from seqblocks import ops
+
+    x = rng.standard_normal((rows, d)).astype(np.float32)
+    w1 = (rng.standard_normal((ff, d)) / np.sqrt(d)).astype(np.float32)
+    w2 = (rng.standard_normal((d, ff)) / np.sqrt(ff)).astype(np.float32)
+    b1, b2 = rng.standard_normal(ff).astype(np.float32), rng.standard_normal(d).astype(np.float32)
+    dy = rng.standard_normal((rows, d)).astype(np.float32)
+    approximate = "none" if act == "gelu" else "tanh"
+
+    def ours():
+        if fused:
+            _, ws = ops.feed_forward_forward(x, w1, b1, w2, b2, act)
+            return ops.feed_forward_backward(dy, ws)
+        h, ws1 = ops.linear_act_forward(x, w1, b1, act)
+        _, ws2 = ops.linear_forward(h, w2, b2)
+        dh, dw2, db2 = ops.linear_backward(dy, ws2)
+        return ops.linear_act_backward(dh, ws1) + (dw2, db2)
+
+    impls = {"seqblocks": ours}
+    if torch is not None:
+        tx, tw1, tb1, tw2, tb2, tdy = (torch.from_numpy(a) for a in (x, w1, b1, w2, b2, dy))
+        aten = torch.ops.aten
+
+        def theirs():
+            with torch.no_grad():
+                z = torch.nn.functional.linear(tx, tw1, tb1)
+                h = torch.relu(z) if act == "relu" else torch.nn.functional.gelu(z, approximate=approximate)
+                torch.nn.functional.linear(h, tw2, tb2)
+                dh = tdy @ tw2
+                dz = aten.threshold_backward(dh, h, 0) if act == "relu" else \
+                    aten.gelu_backward(dh, z, approximate=approximate)
+                return dz @ tw1, dz.t() @ tx, dz.sum(0), tdy.t() @ h, tdy.sum(0)
+
+        impls["torch"] = theirs
+    flops = 2.0 * rows * d * ff * 2 * 3.0
+    what = "fused" if fused else "unfused"
+    return Case("transformer", f"feed-forward {act} {what} fwd+bwd float32 rows={rows} {d}->{ff}->{d}", flops, impls)
+
+
 def cases(quick: bool) -> list[Case]:
     torch = torch_or_none()
     rng = np.random.default_rng(0)
     if quick:
         return [_encoder(rng, 2, 32, True, torch), _encoder(rng, 2, 32, False, torch),
                 _decoder(rng, 2, 32, 32, torch), _decode_step(rng, 2, 32, 32, 2, torch),
-                _add_layer_norm(rng, 256, 129, torch), _linear_act(rng, 64, 32, 96, "gelu", True, True, torch)]
+                _add_layer_norm(rng, 256, 129, torch), _linear_act(rng, 64, 32, 96, "gelu", True, True, torch),
+                _feed_forward(rng, 64, 32, 96, "gelu", True, torch)]
     return [_encoder(rng, 8, 128, True, torch), _encoder(rng, 8, 128, False, torch),
             _decoder(rng, 8, 128, 128, torch), _decode_step(rng, 8, 128, 128, 6, torch),
             _add_layer_norm(rng, 1024, 512, torch)] + [
         _linear_act(rng, 1024, D, FF, act, fused, backward, torch)
-        for act in ("relu", "gelu") for backward in (False, True) for fused in (True, False)]
+        for act in ("relu", "gelu") for backward in (False, True) for fused in (True, False)] + [
+        _feed_forward(rng, 1024, D, FF, act, fused, torch) for act in ("relu", "gelu") for fused in (True, False)]

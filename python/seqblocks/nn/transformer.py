@@ -335,6 +335,26 @@ class _LinearAct(_OpsPair):
         return y
 
 
+class _FeedForward(_OpsPair):
+    @staticmethod
+    def forward(ctx, x, weight1, bias1, weight2, bias2, activation):
+        y, ws = ops.feed_forward_forward(x, weight1, bias1, weight2, bias2, activation, needs_grad=ctx.needs_grad)
+        _OpsPair._keep(ctx, "feed_forward", ws, 6)
+        return y
+
+
+def _feed_forward(layer, x: Tensor, middle_dropout) -> Tensor:
+    """linear2(dropout(activation(linear1(x)))): one node over ops.feed_forward_forward/backward
+    (act' in the epilogue of the dh GEMM) for relu and gelu on plain Linears when the middle
+    dropout does nothing (p = 0 or eval); otherwise linear + activation, dropout, linear."""
+    act = "relu" if layer.activation is F.relu else "gelu" if layer.activation is F.gelu else None
+    identity = not (middle_dropout.training and middle_dropout.p > 0)
+    if act is not None and identity and type(layer.linear1) is Linear and type(layer.linear2) is Linear:
+        l1, l2 = layer.linear1, layer.linear2
+        return _FeedForward.apply(x, l1.weight, l1.bias, l2.weight, l2.bias, act)
+    return layer.linear2(middle_dropout(_ffn_hidden(layer, x)))
+
+
 def _ffn_hidden(layer, x: Tensor) -> Tensor:
     """activation(linear1(x)) of a feed-forward block: one GEMM with the activation as its epilogue
     (ops.linear_act_forward) for relu and gelu on a plain Linear; otherwise the two steps."""
@@ -416,7 +436,7 @@ class TransformerEncoderLayer(Module):
         self.batch_first = bool(batch_first)
 
     def _ff_block(self, x):
-        return self.dropout2(self.linear2(self.dropout(_ffn_hidden(self, x))))
+        return self.dropout2(_feed_forward(self, x, self.dropout))
 
     def _block(self, x, m: _Mask, need_weights: bool, cache=None):
         """x (B, L, E) -> (B, L, E), weights."""
@@ -476,7 +496,7 @@ class TransformerDecoderLayer(Module):
         self.batch_first = bool(batch_first)
 
     def _ff_block(self, x):
-        return self.dropout3(self.linear2(self.dropout(_ffn_hidden(self, x))))
+        return self.dropout3(_feed_forward(self, x, self.dropout))
 
     def _block(self, x, memory, sm: _Mask, cm: _Mask, need_weights: bool, cache=None):
         t = self.training

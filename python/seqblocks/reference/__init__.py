@@ -37,6 +37,6 @@ from .add_layer_norm import add_layer_norm_backward, add_layer_norm_forward
 
 __all__ += ["add_layer_norm_backward", "add_layer_norm_forward"]
 
-from .linear_act import linear_act_backward, linear_act_forward
+from .linear_act import feed_forward_backward, feed_forward_forward, linear_act_backward, linear_act_forward
 
-__all__ += ["linear_act_backward", "linear_act_forward"]
+__all__ += ["feed_forward_backward", "feed_forward_forward", "linear_act_backward", "linear_act_forward"]
