@@ -137,11 +137,9 @@ def test_torch_parity(rng, backend, case):
         assert_close(p.grad, tparams[name].grad.numpy(), what=f"d{name}", **tol)
 
 
-@pytest.mark.parametrize("backend", ["numpy", "native"])
-@pytest.mark.parametrize("case", list(CASES))
-def test_inference_equals_the_autograd_forward(rng, backend, case):
-    """Under no_grad the heads are read in place and merged by the kernel (need_weights=False):
-    the output is exactly the autograd forward's, whose heads are copied and merged separately."""
+def float32_case(rng, case):
+    """A float32 module of a CASES entry and its inputs: (module, opts, query, key, value,
+    attn_mask, key_padding_mask); key and value are query for self-attention cases."""
     kw, opts = CASES[case]
     ours = nn.MultiheadAttention(E, H, dtype=np.float32, **kw)
     B, L, S = 3, 5, 7
@@ -156,6 +154,15 @@ def test_inference_equals_the_autograd_forward(rng, backend, case):
     attn, kpm = make_masks(rng, opts, 1 if unbatched else B, L, S)
     if unbatched and kpm is not None:
         kpm = kpm[0]
+    return ours, opts, query, key, value, attn, kpm
+
+
+@pytest.mark.parametrize("backend", ["numpy", "native"])
+@pytest.mark.parametrize("case", list(CASES))
+def test_inference_equals_the_autograd_forward(rng, backend, case):
+    """Under no_grad the heads are read in place and merged by the kernel (need_weights=False):
+    the output is exactly the autograd forward's, whose heads are copied and merged separately."""
+    ours, opts, query, key, value, attn, kpm = float32_case(rng, case)
     fw = {"need_weights": False, "key_padding_mask": kpm, "attn_mask": attn, "is_causal": opts.get("attn") == "causal"}
     with seqblocks.backend(backend):
         tq = seqblocks.tensor(query, requires_grad=True)
@@ -174,21 +181,8 @@ def test_training_without_weights_equals_the_copying_path(rng, backend, case):
     their gradients in place into the projections' gradients (no head copies); with
     need_weights=True the heads are copied apart and merged by separate ops. The output and every
     gradient are the same bits."""
-    kw, opts = CASES[case]
-    ours = nn.MultiheadAttention(E, H, dtype=np.float32, **kw)
-    B, L, S = 3, 5, 7
-    kdim, vdim = kw.get("kdim", E), kw.get("vdim", E)
-    unbatched = opts.get("unbatched", False)
-    shape = (lambda n, d: (n, d)) if unbatched else \
-        (lambda n, d: (B, n, d)) if kw.get("batch_first") else (lambda n, d: (n, B, d))
-    query = rng.standard_normal(shape(L, E)).astype(np.float32)
-    key, value = (rng.standard_normal(shape(S, d)).astype(np.float32) for d in (kdim, vdim))
+    ours, opts, query, key, value, attn, kpm = float32_case(rng, case)
     self_attn = opts.get("self", False)
-    if self_attn:
-        S, key, value = L, query, query
-    attn, kpm = make_masks(rng, opts, 1 if unbatched else B, L, S)
-    if unbatched and kpm is not None:
-        kpm = kpm[0]
     results = []
     for need_weights in (True, False):
         with seqblocks.backend(backend):

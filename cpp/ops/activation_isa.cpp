@@ -114,21 +114,17 @@ void backward_with(ActivationGrad kind, const T* dy, const T* saved, const T* au
   using R = typename V::reg;
   switch (kind) {
     case ActivationGrad::relu:
-      map(dy, saved, nullptr, dx, n,
-                      [](R g, R y, R) { return V::select(V::le(y, V::zero()), V::zero(), g); });
+      map(dy, saved, nullptr, dx, n, [](R g, R y, R) { return V::select(V::le(y, V::zero()), V::zero(), g); });
       break;
     case ActivationGrad::tanh:
-      map(dy, saved, nullptr, dx, n,
-                      [](R g, R y, R) { return V::mul(g, V::fnmadd(y, y, V::set1(T(1)))); });
+      map(dy, saved, nullptr, dx, n, [](R g, R y, R) { return V::mul(g, V::fnmadd(y, y, V::set1(T(1)))); });
       break;
     case ActivationGrad::sigmoid:
-      map(dy, saved, nullptr, dx, n,
-                      [](R g, R y, R) { return V::mul(g, V::fnmadd(y, y, y)); });
+      map(dy, saved, nullptr, dx, n, [](R g, R y, R) { return V::mul(g, V::fnmadd(y, y, y)); });
       break;
     case ActivationGrad::gelu_erf:
       if constexpr (std::is_same_v<T, float>) {  // aux unused (see math::gelu_erf_grad)
-        map(dy, saved, nullptr, dx, n,
-                        [](R g, R x, R) { return V::mul(g, math::gelu_erf_grad<Isa>(x)); });
+        map(dy, saved, nullptr, dx, n, [](R g, R x, R) { return V::mul(g, math::gelu_erf_grad<Isa>(x)); });
         break;
       }
       // double: Phi(x) = gelu(x) / x from aux = gelu(x) (libm, see math::gelu_erf_f64); past
