@@ -108,9 +108,10 @@ def sdpa_forward(q, k, v, attn_mask=None, is_causal=False, scale=None, dropout_p
     """softmax(scale q k^T + mask) v over the last two dims; returns (out (..., L, Ev), workspace or None).
 
     With ``merge_heads`` (q, k, v of 4 dims (B, H, len, features)) out comes with the heads merged,
-    (B, L, H Ev), as multi-head attention feeds it to its output projection. Without autograd, 4-D
-    q, k, v are read in place with their strides (views of a packed (B, L, 3, H, E) projection
-    need no copy) and the merged out is written directly.
+    (B, L, H Ev), as multi-head attention feeds it to its output projection. 4-D q, k, v are read
+    in place with their strides (views of a packed (B, L, 3, H, E) projection need no copy), with
+    or without autograd, and the merged out is written directly; the workspace references them
+    (do not modify them before the backward).
 
     q (..., L, E), k (..., S, E), v (..., S, Ev) with equal leading dims; attn_mask broadcastable
     to (..., L, S): bool (True = may attend) or q's float dtype (added to the scores); is_causal
