@@ -295,20 +295,19 @@ def _cross_attention(mha, x, memory, m: _Mask, training, need_weights, cache: _L
     # The query rows of the packed projection apply to x, the key and value rows to memory.
     w_q, w_kv = _SplitRows.apply(mha.in_proj_weight, (0, E, 3 * E))
     b_q, b_kv = (None, None) if mha.in_proj_bias is None else _SplitRows.apply(mha.in_proj_bias, (0, E, 3 * E))
+    cached = cache is not None and cache.cross_k is not None
+    if memory is None and not cached:
+        raise ValueError("memory: required (the cache holds no cross-attention keys yet)")
     q_proj = F.linear(x, w_q, b_q)
     if _in_place(need_weights, cache):
-        if memory is None:
-            raise ValueError("memory: required (the cache holds no cross-attention keys yet)")
         p = mha.dropout if training else 0.0
         out = packed_attention((q_proj, F.linear(memory, w_kv, b_kv)), ((0, 0), (1, 0), (1, 1)), H, E, m.mask,
                                m.causal, p)
         return mha.out_proj(out), None
     q = _split_heads(q_proj, 1, H)
-    if cache is not None and cache.cross_k is not None:
+    if cached:
         k, v = Tensor(cache.cross_k), Tensor(cache.cross_v)
     else:
-        if memory is None:
-            raise ValueError("memory: required (the cache holds no cross-attention keys yet)")
         k, v = _split_heads(F.linear(memory, w_kv, b_kv), 2, H)
         if cache is not None:
             cache.cross_k, cache.cross_v = k.data, v.data

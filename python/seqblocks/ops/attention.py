@@ -216,8 +216,7 @@ def sdpa_backward(grad_output, workspace, *, into=None):
     if into is not None:
         into = _check_into(into, workspace, dy)
     if workspace["backend"] == "numpy":
-        grads = reference.sdpa_backward(dy, workspace, into=into)
-        return grads
+        return reference.sdpa_backward(dy, workspace, into=into)
     q, k, v = workspace["q"], workspace["k"], workspace["v"]
     q_, k_, v_, out_, mflat, moff, msl, mss = workspace["native"]
     args = (workspace["stats"], mflat, moff, msl, mss, workspace["is_causal"], workspace["scale"],
