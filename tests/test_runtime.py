@@ -37,6 +37,51 @@ def test_cpu_info_reports_features_and_isa():
         assert info["features"]["avx2"] and info["features"]["fma"]
 
 
+def test_cpu_info_reports_model_and_caches_as_the_os_does():
+    info = seqblocks.cpu_info()
+    caches = info["cache_bytes"]
+    assert set(caches) == {"l1d", "l2", "l3"}
+    assert all(isinstance(info[k], int) and info[k] >= 0 for k in ("family", "model", "stepping"))
+    if info["vendor"] in ("GenuineIntel", "AuthenticAMD"):
+        assert info["family"] > 0 and caches["l1d"] > 0 and caches["l2"] > caches["l1d"]
+    # Linux says the same from its own reading of CPUID: /proc/cpuinfo and sysfs.
+    try:
+        with open("/proc/cpuinfo") as f:
+            fields = dict(line.split(":", 1) for line in f.read().split("\n\n")[0].splitlines() if ":" in line)
+    except OSError:
+        fields = {}
+    fields = {k.strip(): v.strip() for k, v in fields.items()}
+    for key, name in (("family", "cpu family"), ("model", "model"), ("stepping", "stepping")):
+        if fields.get(name, "").isdigit():
+            assert info[key] == int(fields[name]), (key, info[key], fields[name])
+    sysfs = "/sys/devices/system/cpu/cpu0/cache"
+    if os.path.isdir(sysfs):
+        for index in sorted(os.listdir(sysfs)):
+            path = os.path.join(sysfs, index)
+            try:
+                with open(os.path.join(path, "level")) as f:
+                    level = int(f.read())
+                with open(os.path.join(path, "type")) as f:
+                    kind = f.read().strip()
+                with open(os.path.join(path, "size")) as f:
+                    text = f.read().strip()
+            except (OSError, ValueError):
+                continue
+            if kind == "Instruction" or level > 3 or not text.endswith("K"):
+                continue
+            key = {1: "l1d", 2: "l2", 3: "l3"}[level]
+            assert caches[key] == int(text[:-1]) * 1024, (key, caches[key], text)
+
+
+def test_bench_header_names_the_machine():
+    from seqblocks._bench import _cache_sizes, _machine_line
+
+    assert _cache_sizes({"l1d": 48 * 1024, "l2": 1280 * 1024, "l3": 48 * 2**20}) == "L1d 48 KiB, L2 1.25 MiB, L3 48 MiB"
+    assert _cache_sizes({"l1d": 32 * 1024, "l2": 0, "l3": 0}) == "L1d 32 KiB"
+    info = seqblocks.cpu_info()
+    assert f"family {info['family']} model {info['model']}" in _machine_line()
+
+
 def test_default_isa_is_the_best_available():
     result = run_python("import seqblocks; print(seqblocks.get_isa())")
     assert result.returncode == 0, result.stderr

@@ -27,6 +27,14 @@ SEQBLOCKS_BINDINGS(runtime) {
     info["vendor"] = f.vendor;
     info["brand"] = f.brand;
     info["features"] = flags;
+    info["family"] = f.family;
+    info["model"] = f.model;
+    info["stepping"] = f.stepping;
+    py::dict cache;
+    cache["l1d"] = f.l1d_bytes;
+    cache["l2"] = f.l2_bytes;
+    cache["l3"] = f.l3_bytes;
+    info["cache_bytes"] = cache;
     return info;
   });
   m.def("supported_isas", &supported_isas, "ISAs this CPU can run, best first");

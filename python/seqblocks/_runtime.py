@@ -88,8 +88,10 @@ def empty_cache() -> int:
 def cpu_info() -> dict:
     """What the CPU offers and what seqblocks uses.
 
-    Keys: ``vendor``, ``brand``, ``features`` (flag -> bool), ``isa`` (in use),
-    ``available_isas`` (runnable here), ``compiled_isas``, ``num_threads``.
+    Keys: ``vendor``, ``brand``, ``features`` (flag -> bool), ``family``, ``model``, ``stepping``
+    (CPUID display values, 0 if unknown), ``cache_bytes`` (``l1d`` and ``l2`` per core, ``l3``;
+    0 where the CPU does not report one), ``isa`` (in use), ``available_isas`` (runnable here),
+    ``compiled_isas``, ``num_threads``.
     """
     info = dict(_core.cpu_features())
     info["isa"] = get_isa()

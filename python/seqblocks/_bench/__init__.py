@@ -94,11 +94,20 @@ def time_case(case: Case, rounds: int, min_sample_s: float = 0.02, settle_s: flo
     return {name: statistics.median(s) for name, s in samples.items()}
 
 
+def _cache_sizes(cache_bytes: dict) -> str:
+    """"L1d 48 KiB, L2 1.25 MiB, L3 48 MiB" (levels the CPU does not report are left out)."""
+    def size(n: int) -> str:
+        return f"{n / 2**20:g} MiB" if n >= 2**20 else f"{n / 2**10:g} KiB"
+    return ", ".join(f"{name} {size(cache_bytes[key])}" for name, key in (("L1d", "l1d"), ("L2", "l2"), ("L3", "l3"))
+                     if cache_bytes[key])
+
+
 def _machine_line() -> str:
     import seqblocks
 
     info = seqblocks.cpu_info()
-    return (f"{info['brand'] or platform.processor()} | isa {info['isa']} | "
+    return (f"{info['brand'] or platform.processor()} (family {info['family']} model {info['model']}; "
+            f"{_cache_sizes(info['cache_bytes'])}) | isa {info['isa']} | "
             f"{datetime.date.today().isoformat()} | python {platform.python_version()} | numpy {np.__version__}"
             + (f" | torch {torch_or_none().__version__}" if torch_or_none() is not None else ""))
 
