@@ -82,6 +82,45 @@ def test_bench_header_names_the_machine():
     assert f"family {info['family']} model {info['model']}" in _machine_line()
 
 
+@pytest.mark.parametrize("isa", seqblocks.available_isas())
+def test_fma_peak_probe_measures_every_isa(isa):
+    from seqblocks import _core
+
+    with seqblocks.use_isa(isa):
+        one = _core.fma_peak_probe(1, 0.02)
+        two = _core.fma_peak_probe(2, 0.02)
+    # Positive and finite; no claim on speed (timing is not asserted in tests), only that the
+    # probe ran chains on each thread: two threads report two rates summed.
+    assert np.isfinite(one) and one > 0
+    assert np.isfinite(two) and two > 0
+
+
+@pytest.mark.parametrize("nthreads, seconds, name", [(0, 0.1, "nthreads"), (-3, 0.1, "nthreads"),
+                                                     (1, 0.0, "seconds"), (1, -1.0, "seconds"),
+                                                     (1, 11.0, "seconds"), (1, float("nan"), "seconds")])
+def test_fma_peak_probe_rejects_bad_arguments(nthreads, seconds, name):
+    from seqblocks import _core
+
+    with pytest.raises(ValueError, match=name):
+        _core.fma_peak_probe(nthreads, seconds)
+
+
+def test_bench_worker_prints_the_probe_around_its_table(capsys, monkeypatch):
+    import seqblocks._bench as bench
+
+    monkeypatch.setattr(bench, "PROBE_S", 0.01)
+    monkeypatch.setattr(bench, "families", lambda: {"none": lambda quick: []})
+    before = seqblocks.get_num_threads()
+    try:
+        bench.run_worker(1, ["none"], quick=True, rounds=1)
+    finally:
+        seqblocks.set_num_threads(before)
+    out = capsys.readouterr().out
+    assert "machine: " in out and "| case |" in out
+    assert "FMA probe (float, 0.01 s, all 1 thread(s) at once), GFLOP/s: " in out
+    assert out.count("per thread)") == 2
+
+
 def test_default_isa_is_the_best_available():
     result = run_python("import seqblocks; print(seqblocks.get_isa())")
     assert result.returncode == 0, result.stderr

@@ -1,9 +1,12 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <string>
+
 #include "bindings/registry.h"
 #include "runtime/cpu_features.h"
 #include "runtime/dispatch.h"
+#include "runtime/peak_probe.h"
 #include "runtime/threads.h"
 
 SEQBLOCKS_BINDINGS(runtime) {
@@ -37,6 +40,21 @@ SEQBLOCKS_BINDINGS(runtime) {
     info["cache_bytes"] = cache;
     return info;
   });
+  m.def(
+      "fma_peak_probe",
+      [](int nthreads, double seconds) {
+        if (nthreads < 1 || nthreads > 1024) {
+          throw py::value_error("fma_peak_probe: nthreads must be in [1, 1024], got " + std::to_string(nthreads));
+        }
+        if (!(seconds > 0.0 && seconds <= 10.0)) {
+          throw py::value_error("fma_peak_probe: seconds must be in (0, 10], got " + std::to_string(seconds));
+        }
+        const PeakProbeKernels& k = SEQBLOCKS_DISPATCH(peak_probe_kernels);
+        py::gil_scoped_release release;
+        return k.fma_gflops(nthreads, seconds);
+      },
+      py::arg("nthreads"), py::arg("seconds"),
+      "float FMA throughput of the ISA in use right now, GFLOP/s summed over nthreads threads");
   m.def("supported_isas", &supported_isas, "ISAs this CPU can run, best first");
   m.def("compiled_isas", &compiled_isas, "ISAs compiled into this module, best first");
   m.def("set_isa", &set_isa, py::arg("name"));

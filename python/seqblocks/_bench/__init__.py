@@ -12,6 +12,8 @@ machines; see shared/BENCHMARKING.md). In the child, seqblocks and torch are set
 Timing: each implementation is warmed up, then the implementations are run in alternation
 (A B C A B C ...) and the median of the rounds is reported, so a slow minute hurts all of them.
 The ratio columns are other_time / seqblocks_time: above 1 means seqblocks is faster.
+Before and after each table the worker probes the float FMA throughput of all its threads
+(``fma_probe_line``), so that a table taken on a busy or throttled host says so.
 """
 
 from __future__ import annotations
@@ -112,6 +114,20 @@ def _machine_line() -> str:
             + (f" | torch {torch_or_none().__version__}" if torch_or_none() is not None else ""))
 
 
+PROBE_S = 0.3
+
+
+def fma_probe_line(threads: int) -> str:
+    """The machine's float FMA throughput right now (``_core.fma_peak_probe``: independent
+    multiply-add chains on every thread), e.g. "371.2 (185.8 per thread)". A busy or throttled
+    host shows here: a table whose probes fell well below the calm figure was taken while the
+    cores were shared, and its ratios carry that noise."""
+    from seqblocks import _core
+
+    total = _core.fma_peak_probe(threads, PROBE_S)
+    return f"{total:.1f} ({total / threads:.1f} per thread)"
+
+
 def run_worker(threads: int, selected: list[str], quick: bool, rounds: int) -> None:
     import seqblocks
 
@@ -122,6 +138,7 @@ def run_worker(threads: int, selected: list[str], quick: bool, rounds: int) -> N
         torch.set_num_threads(threads)
     print(f"\n## threads = {threads}\n")
     print(f"machine: {_machine_line()}\n")
+    probe_before = fma_probe_line(threads)
     header = "| case | seqblocks ms | GFLOP/s | numpy ms | numpy/ours | torch ms | torch/ours |"
     print(header)
     print("|" + "---|" * (header.count("|") - 1))
@@ -140,6 +157,8 @@ def run_worker(threads: int, selected: list[str], quick: bool, rounds: int) -> N
             th_ms, th_ratio = cell("torch")
             print(f"| {case.name} | {ours * 1e3:.4g} | {gflops} | {np_ms} | {np_ratio} | {th_ms} | {th_ratio} |",
                   flush=True)
+    print(f"\nFMA probe (float, {PROBE_S} s, all {threads} thread(s) at once), GFLOP/s: {probe_before} before the "
+          f"cases, {fma_probe_line(threads)} after")
 
 
 def main(argv: list[str] | None = None) -> int:
