@@ -21,8 +21,8 @@
 // than 384 for the 512-deep products of d_model = 512 layers, which then take one K block.)
 // On an Ice Lake Xeon (family 6 model 106: 48 KiB L1d, 1.25 MiB L2, so a 512 x 640 float B block
 // of 1.25 MiB no longer fits half of L2), NC = 256, 320, 384 and 640 measured within noise of each
-// other on the layer shapes (one process loading the same build with each NC, per-round ratios
-// 0.96-1.06 either way), and neither a software prefetch of the B panel 4-16 rows ahead nor a
+// other on the layer shapes (one process loading the same build with each NC: 0.96-1.18 against
+// NC = 640 either way, and 640 against itself 0.94-1.03), and neither a software prefetch of the B panel 4-16 rows ahead nor a
 // 9 x 3 tile (fewer broadcasts per FMA: 14% faster with everything in L1) gained more than 0-3%
 // in the whole product; the float kernel there reaches ~0.87-0.96x MKL (docs/benchmarks.md).
 // DOT_MI x DOT_NJ: tile of the unpacked dot-product path (dot_gemm.h), MI x rows by NJ W rows
