@@ -3,6 +3,7 @@
 import importlib.util
 import multiprocessing
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -119,6 +120,39 @@ def test_bench_worker_prints_the_probe_around_its_table(capsys, monkeypatch):
     assert "machine: " in out and "| case |" in out
     assert "FMA probe (float, 0.01 s, all 1 thread(s) at once), GFLOP/s: " in out
     assert out.count("per thread)") == 2
+
+
+def test_bench_ratio_is_the_median_of_per_round_ratios_with_quartiles():
+    from seqblocks._bench import paired_ratio, ratio_cell
+
+    # Round r: theirs / ours = 1.0, 2.0, 4.0, 0.5, 1.5 -> median 1.5, quartiles 1.0 and 2.0 (the
+    # ratio of the two medians would read 2.0 / 1.0 = 2.0).
+    ours = [1.0, 1.0, 1.0, 4.0, 2.0]
+    theirs = [1.0, 2.0, 4.0, 2.0, 3.0]
+    assert paired_ratio(theirs, ours) == pytest.approx((1.5, 1.0, 2.0))
+    assert ratio_cell(theirs, ours) == "1.50x [1.00-2.00]"
+    # A host that slowed down 2x half-way hurts both sides of a round alike.
+    assert paired_ratio([2.0, 2.0, 4.0, 4.0], [1.0, 1.0, 2.0, 2.0]) == pytest.approx((2.0, 2.0, 2.0))
+    assert ratio_cell([3.0, 3.0], [1.0, 2.0]) == "2.25x"  # fewer than 3 rounds: no quartiles
+    with pytest.raises(ValueError, match="2 and 3 samples"):
+        paired_ratio([1.0, 1.0], [1.0, 1.0, 1.0])
+
+
+def test_bench_worker_prints_ratio_quartiles(capsys, monkeypatch):
+    import seqblocks._bench as bench
+
+    case = bench.Case("none", "noop", 0.0, {"seqblocks": lambda: None, "numpy": lambda: None})
+    monkeypatch.setattr(bench, "PROBE_S", 0.01)
+    monkeypatch.setattr(bench, "families", lambda: {"none": lambda quick: [case]})
+    before = seqblocks.get_num_threads()
+    try:
+        bench.run_worker(1, ["none"], quick=True, rounds=3)
+    finally:
+        seqblocks.set_num_threads(before)
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| noop |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert re.fullmatch(r"\d+\.\d\dx \[\d+\.\d\d-\d+\.\d\d\]", cells[4]), row  # numpy/ours
+    assert cells[5:] == ["-", "-"], row  # no torch column filled
 
 
 def test_default_isa_is_the_best_available():

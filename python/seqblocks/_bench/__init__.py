@@ -10,8 +10,10 @@ and with ``OPENBLAS_CORETYPE``/``OPENBLAS_L2_SIZE`` removed (they slow NumPy's O
 machines; see shared/BENCHMARKING.md). In the child, seqblocks and torch are set to the same count.
 
 Timing: each implementation is warmed up, then the implementations are run in alternation
-(A B C A B C ...) and the median of the rounds is reported, so a slow minute hurts all of them.
-The ratio columns are other_time / seqblocks_time: above 1 means seqblocks is faster.
+(A B C A B C ...), so a slow minute hurts all of them. The time columns are medians of the rounds.
+The ratio columns are other_time / seqblocks_time (above 1 means seqblocks is faster), taken round
+by round: the median of the per-round ratios, and with 3 or more rounds their quartiles in
+brackets, e.g. ``1.05x [0.98-1.12]``. A ratio whose quartiles straddle a target has not settled it.
 Before and after each table the worker probes the float FMA throughput of all its threads
 (``fma_probe_line``), so that a table taken on a busy or throttled host says so.
 """
@@ -67,8 +69,8 @@ def families() -> dict[str, Callable[[bool], list[Case]]]:
 SETTLE_S = 0.25
 
 
-def time_case(case: Case, rounds: int, min_sample_s: float = 0.02, settle_s: float = 0.0) -> dict[str, float]:
-    """Median seconds per call of each implementation, measured in alternation.
+def time_case(case: Case, rounds: int, min_sample_s: float = 0.02, settle_s: float = 0.0) -> dict[str, list[float]]:
+    """Seconds per call of each implementation, one sample per round, measured in alternation.
 
     ``settle_s`` is a pause before each implementation's sample. With several threads, the
     libraries' idle worker threads busy-wait after a call (GNU OpenMP for a while, OpenBLAS for
@@ -93,7 +95,29 @@ def time_case(case: Case, rounds: int, min_sample_s: float = 0.02, settle_s: flo
             for _ in range(calls[name]):
                 fn()
             samples[name].append((time.perf_counter() - start) / calls[name])
-    return {name: statistics.median(s) for name, s in samples.items()}
+    return samples
+
+
+def paired_ratio(theirs: list[float], ours: list[float]) -> tuple[float, float, float]:
+    """(median, first quartile, third quartile) of theirs[r] / ours[r] over the rounds r.
+
+    The two samples of a round were taken seconds apart, so their ratio cancels most of what
+    the host did in that minute; the quartiles say how much the rest still moved it."""
+    if len(theirs) != len(ours) or not ours:
+        raise ValueError(f"paired_ratio: expected two equal, non-empty lists of round times, got "
+                         f"{len(theirs)} and {len(ours)} samples")
+    ratios = np.asarray(theirs, dtype=float) / np.asarray(ours, dtype=float)
+    q1, median, q3 = np.percentile(ratios, [25, 50, 75])
+    return float(median), float(q1), float(q3)
+
+
+def ratio_cell(theirs: list[float], ours: list[float]) -> str:
+    """"1.05x", or with 3 or more rounds "1.05x [0.98-1.12]" (median [quartiles] of the
+    per-round ratios)."""
+    median, q1, q3 = paired_ratio(theirs, ours)
+    if len(ours) < 3:
+        return f"{median:.2f}x"
+    return f"{median:.2f}x [{q1:.2f}-{q3:.2f}]"
 
 
 def _cache_sizes(cache_bytes: dict) -> str:
@@ -144,14 +168,14 @@ def run_worker(threads: int, selected: list[str], quick: bool, rounds: int) -> N
     print("|" + "---|" * (header.count("|") - 1))
     for family in selected:
         for case in all_families[family](quick):
-            t = time_case(case, rounds, settle_s=SETTLE_S if threads > 1 else 0.0)
-            ours = t["seqblocks"]
+            samples = time_case(case, rounds, settle_s=SETTLE_S if threads > 1 else 0.0)
+            ours = statistics.median(samples["seqblocks"])
             gflops = f"{case.flops / ours / 1e9:.1f}" if case.flops else "-"
 
             def cell(name):
-                if name not in t:
+                if name not in samples:
                     return "-", "-"
-                return f"{t[name] * 1e3:.4g}", f"{t[name] / ours:.2f}x"
+                return f"{statistics.median(samples[name]) * 1e3:.4g}", ratio_cell(samples[name], samples["seqblocks"])
 
             np_ms, np_ratio = cell("numpy")
             th_ms, th_ratio = cell("torch")
@@ -167,7 +191,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="small sizes and few rounds (about a minute)")
     all_families = families()
     parser.add_argument("--only", default=",".join(all_families), help=f"families to run: {', '.join(all_families)}")
-    parser.add_argument("--rounds", type=int, default=None, help="alternating rounds per case (median taken)")
+    parser.add_argument("--rounds", type=int, default=None,
+                        help="alternating rounds per case (medians and quartiles taken)")
     parser.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
@@ -189,7 +214,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--threads: expected comma-separated ints >= 1, got {args.threads!r}")
 
     print("# seqblocks bench\n")
-    print("ratio columns = their time / our time (> 1: seqblocks faster); medians of alternating rounds")
+    print("time columns: medians of alternating rounds; ratio columns: their time / our time (> 1: seqblocks "
+          "faster), median of the per-round ratios [quartiles]")
     for threads in thread_counts:
         env = dict(os.environ)
         for var in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"):
