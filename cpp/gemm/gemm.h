@@ -111,7 +111,10 @@ constexpr int64_t kGemmDirectAMaxPanels = 2;
 // n = 768-2048 even or slower (2048^3 -5 % at 1 thread), hence the limit. A transposed A read
 // in place is a different pattern (a row of A^T per k step, lda apart) and lost up to 40 % when
 // lda was 1024 or 2048 elements (4 or 8 KiB: every row in the same L1 sets); it keeps the
-// general limit above.
+// general limit above. (Those figures are for 32-column panels, i.e. n <= 512. With the 6 x 64
+// AVX-512 float tile the same 16 panels reach n = 1024; alternating processes, one thread,
+// `linear` with A read in place against packed (a limit of 8 panels): n = 768 and 1024 at
+// k = 512 and 1024 read 0.98-1.03x, quartiles straddling 1, so the limit stays in panels.)
 constexpr int64_t kGemmDirectRowsAMaxPanels = 16;
 // Less work than this (estimated cycles, ~15 us) per thread is not worth waking another
 // thread for: waking a sleeping OpenMP worker alone can take tens of microseconds.

@@ -137,48 +137,47 @@ template <class Isa, class T>
 void unary_apply(UnaryOp op, const T* x, T* y, int64_t n, int nthreads) {
   using reg = typename Vec<Isa, T>::reg;
   using Blocks = UnaryBlocks<Isa, T>;
-  // Each function is instantiated twice: on Block interleaved registers for the main loop and on
-  // one register for the rest; both compute every lane with the same operations.
-  const auto run = [&](auto block, auto f_block, auto f_one, int64_t min_per_thread) {
-    math::unary_parallel_interleaved<Isa, T, decltype(block)::value>(f_block, f_one, x, y, n, nthreads,
-                                                                      min_per_thread);
-  };
+  // Each function is instantiated twice: on Block interleaved registers (Vec<Interleaved<Isa,
+  // Block>, T>) for the main loop and on one register for the rest; both compute every lane with
+  // the same operations.
   if (n <= 0) return;
   switch (op) {
     case UnaryOp::exp: {
       using B = Interleaved<Isa, Blocks::exp>;
-      run(std::integral_constant<int, Blocks::exp>{}, [](typename Vec<B, T>::reg v) { return math::exp<B, T>(v); },
-          [](reg v) { return math::exp<Isa, T>(v); }, math::kUnaryMinPerThread);
+      math::unary_parallel_interleaved<Isa, T, Blocks::exp>(
+          [](typename Vec<B, T>::reg v) { return math::exp<B, T>(v); },
+          [](reg v) { return math::exp<Isa, T>(v); }, x, y, n, nthreads, math::kUnaryMinPerThread);
       break;
     }
     case UnaryOp::tanh: {
       using B = Interleaved<Isa, Blocks::tanh>;
-      run(std::integral_constant<int, Blocks::tanh>{}, [](typename Vec<B, T>::reg v) { return math::tanh<B, T>(v); },
-          [](reg v) { return math::tanh<Isa, T>(v); }, math::kUnaryMinPerThreadCostly);
+      math::unary_parallel_interleaved<Isa, T, Blocks::tanh>(
+          [](typename Vec<B, T>::reg v) { return math::tanh<B, T>(v); },
+          [](reg v) { return math::tanh<Isa, T>(v); }, x, y, n, nthreads, math::kUnaryMinPerThreadCostly);
       break;
     }
     case UnaryOp::sigmoid: {
       using B = Interleaved<Isa, Blocks::sigmoid>;
-      run(std::integral_constant<int, Blocks::sigmoid>{},
+      math::unary_parallel_interleaved<Isa, T, Blocks::sigmoid>(
           [](typename Vec<B, T>::reg v) { return math::sigmoid<B, T>(v); },
-          [](reg v) { return math::sigmoid<Isa, T>(v); }, math::kUnaryMinPerThreadCostly);
+          [](reg v) { return math::sigmoid<Isa, T>(v); }, x, y, n, nthreads, math::kUnaryMinPerThreadCostly);
       break;
     }
     case UnaryOp::gelu_erf:
       if constexpr (std::is_same_v<T, float>) {
         using B = Interleaved<Isa, Blocks::gelu_erf>;
-        run(std::integral_constant<int, Blocks::gelu_erf>{},
+        math::unary_parallel_interleaved<Isa, T, Blocks::gelu_erf>(
             [](typename Vec<B, T>::reg v) { return math::gelu_erf<B>(v); },
-            [](reg v) { return math::gelu_erf<Isa>(v); }, math::kUnaryMinPerThreadCostly);
+            [](reg v) { return math::gelu_erf<Isa>(v); }, x, y, n, nthreads, math::kUnaryMinPerThreadCostly);
       } else {
         math::gelu_erf_f64_parallel(x, y, n, nthreads);
       }
       break;
     case UnaryOp::gelu_tanh: {
       using B = Interleaved<Isa, Blocks::gelu_tanh>;
-      run(std::integral_constant<int, Blocks::gelu_tanh>{},
+      math::unary_parallel_interleaved<Isa, T, Blocks::gelu_tanh>(
           [](typename Vec<B, T>::reg v) { return math::gelu_tanh<B, T>(v); },
-          [](reg v) { return math::gelu_tanh<Isa, T>(v); }, math::kUnaryMinPerThreadCostly);
+          [](reg v) { return math::gelu_tanh<Isa, T>(v); }, x, y, n, nthreads, math::kUnaryMinPerThreadCostly);
       break;
     }
     default:
