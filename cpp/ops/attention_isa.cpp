@@ -150,6 +150,18 @@ void transpose_blocked(const T* x, int64_t ldx, int64_t rows, int64_t cols, int6
   }
 }
 
+// x (rows, cols) with row stride ldx -> the same rows contiguous in dense (row stride cols), or x
+// itself when its rows already are. Operands read straight from a packed projection or merged
+// heads have rows 2-6 KiB apart, which a tile product reading them as its B (V in P V; K, Q and
+// dO in the backward) re-reads from a few L1 sets; dense, they are one block that stays in L1
+// (64 x 64 x 128 P V, one thread: 118 GFLOP/s packing V per tile, 142 from a dense copy).
+template <class T>
+const T* dense_rows(const T* x, int64_t ldx, int64_t rows, int64_t cols, T* dense) {
+  if (ldx == cols) return x;
+  for (int64_t r = 0; r < rows; ++r) std::copy(x + r * ldx, x + r * ldx + cols, dense + r * cols);
+  return dense;
+}
+
 // Scores of one tile in base 2: srow = log2(e) (scale q k^T (already in S) + mask), -inf above the
 // causal diagonal.
 template <class T>
@@ -206,15 +218,16 @@ size_t pack_elems(int64_t m, int64_t n, int64_t k) {
 
 // One (n, query block) tile row: online softmax over key blocks, out accumulated in place.
 // qpack (PrepackedA::elems(kFwdBr, e), or null when e > KC): the query block is packed there
-// once for all its key blocks (packing it per key block cost ~4% of the forward).
+// once for all its key blocks (packing it per key block cost ~4% of the forward). v (s, ev), row
+// stride ldv: V of matrix n (dense_rows).
 template <class Isa, class T>
-void forward_block(const SdpaArgs<T>& a, int64_t n, int64_t i0, int64_t bc, const T* kt, T* s, T* mrun, T* lrun,
-                   T* abuf, T* bbuf, T* qpack, const DropoutKey& drop) {
+void forward_block(const SdpaArgs<T>& a, int64_t n, int64_t i0, int64_t bc, const T* kt, const T* v, int64_t ldv,
+                   T* s, T* mrun, T* lrun, T* abuf, T* bbuf, T* qpack, const DropoutKey& drop) {
   T* mnext = lrun + kFwdBr;  // (kFwdBr,) scratch after mrun and lrun
   T* alpha = mnext + kFwdBr;
   const T ninf = -std::numeric_limits<T>::infinity();
   const int64_t rows = std::min(kFwdBr, a.l - i0);
-  const int64_t ldq = a.q_at.row, ldo = a.out_at.row, ldv = a.v_at.row;
+  const int64_t ldq = a.q_at.row, ldo = a.out_at.row;
   const T* q = matrix(a.q, a.q_at, a.heads, n) + i0 * ldq;
   T* o = matrix(a.out, a.out_at, a.heads, n) + i0 * ldo;
   for (int64_t r = 0; r < rows; ++r) std::fill(o + r * ldo, o + r * ldo + a.ev, T(0));
@@ -255,8 +268,7 @@ void forward_block(const SdpaArgs<T>& a, int64_t n, int64_t i0, int64_t bc, cons
       mrun[r] = mnew;
       if (drop.on) apply_dropout(srow, cols, static_cast<uint64_t>((n * a.l + i0 + r) * a.s + j0), drop);
     }
-    tile_gemm<Isa, T>(rows, a.ev, cols, s, bc, false, matrix(a.v, a.v_at, a.heads, n) + j0 * ldv, ldv, false, o, ldo,
-                      T(1), T(1), abuf, bbuf);
+    tile_gemm<Isa, T>(rows, a.ev, cols, s, bc, false, v + j0 * ldv, ldv, false, o, ldo, T(1), T(1), abuf, bbuf);
   }
   T* stats = a.stats + 2 * (n * a.l + i0);
   for (int64_t r = 0; r < rows; ++r) {
@@ -280,7 +292,8 @@ void sdpa_forward(const SdpaArgs<T>& a) {
   const size_t kt_elems = static_cast<size_t>((a.s + bc - 1) / bc * bc * a.e);
   const bool prepack_q = PrepackedA<Isa, T>::fits(kFwdBr, a.e);
   const size_t qpack_elems = prepack_q ? static_cast<size_t>(PrepackedA<Isa, T>::elems(kFwdBr, a.e)) : 0;
-  const size_t per = tile + 4 * kFwdBr + pack + kt_elems + qpack_elems + 64;
+  const size_t vdense_elems = a.v_at.row != a.ev ? static_cast<size_t>(a.s * a.ev) : 0;
+  const size_t per = tile + 4 * kFwdBr + pack + kt_elems + qpack_elems + vdense_elems + 64;
   std::vector<T> buf(per * static_cast<size_t>(nt));  // allocated (and may throw) before the region
   const DropoutKey drop = make_dropout(a.dropout_p, a.seed);
 #pragma omp parallel num_threads(nt) if (nt > 1)
@@ -294,17 +307,20 @@ void sdpa_forward(const SdpaArgs<T>& a) {
     T* bbuf = abuf + PackSizes<Isa, T>(kFwdBr, std::max(kFwdBc, a.ev), std::max(a.e, kFwdBc)).a;
     T* kt = abuf + pack;
     T* qpack = prepack_q ? kt + kt_elems : nullptr;
+    T* vdense = kt + kt_elems + qpack_elems;
     // Contiguous runs of units per thread (measured ~5% faster than claiming runs from a shared
-    // counter): K[n] is transposed once per thread and n.
+    // counter): K[n] is transposed, and V[n] made dense, once per thread and n.
     int64_t begin, end, kt_n = -1;
+    const T* v = nullptr;
     rowops::split_range(units, omp_get_num_threads(), tid, &begin, &end);
     for (int64_t u = begin; u < end; ++u) {
       const int64_t n = u / qblocks;
       if (n != kt_n) {
         transpose_blocked<Isa, T>(matrix(a.k, a.k_at, a.heads, n), a.k_at.row, a.s, a.e, bc, kt);
+        v = dense_rows(matrix(a.v, a.v_at, a.heads, n), a.v_at.row, a.s, a.ev, vdense);
         kt_n = n;
       }
-      forward_block<Isa, T>(a, n, (u % qblocks) * kFwdBr, bc, kt, s, mrun, lrun, abuf, bbuf, qpack, drop);
+      forward_block<Isa, T>(a, n, (u % qblocks) * kFwdBr, bc, kt, v, a.ev, s, mrun, lrun, abuf, bbuf, qpack, drop);
     }
   }
 }
@@ -321,18 +337,21 @@ void zero_rows(T* p, int64_t ld, int64_t r0, int64_t r1, int64_t cols) {
 // inner (dq_i accumulates in place). Every operand is addressed through its layout (row stride
 // ld*), so packed projections and merged heads are read and written in place.
 template <class Isa, class T>
-void backward_one(const SdpaArgs<T>& a, int64_t n, T* p, T* dp, T* d, T* kt, T* vt, T* abuf, T* bbuf,
+void backward_one(const SdpaArgs<T>& a, int64_t n, T* p, T* dp, T* d, T* kt, T* vt, T* dense, T* abuf, T* bbuf,
                   const DropoutKey& drop) {
-  const T* q = matrix(a.q, a.q_at, a.heads, n);
-  const T* k = matrix(a.k, a.k_at, a.heads, n);
+  // q, k and dout with dense rows (dense_rows; scratch `dense` holds l * e + s * e + l * ev): the
+  // B operands of the dk, dq and dv products below.
+  const T* q = dense_rows(matrix(a.q, a.q_at, a.heads, n), a.q_at.row, a.l, a.e, dense);
+  const T* k = dense_rows(matrix(a.k, a.k_at, a.heads, n), a.k_at.row, a.s, a.e, dense + a.l * a.e);
+  const T* dout = dense_rows(matrix(a.dout, a.dout_at, a.heads, n), a.dout_at.row, a.l, a.ev,
+                             dense + (a.l + a.s) * a.e);
   const T* v = matrix(a.v, a.v_at, a.heads, n);
-  const T* dout = matrix(a.dout, a.dout_at, a.heads, n);
   const T* out = matrix(a.out, a.out_at, a.heads, n);
   const T* stats = a.stats + 2 * n * a.l;
   T* dq = matrix(a.dq, a.dq_at, a.heads, n);
   T* dk = matrix(a.dk, a.dk_at, a.heads, n);
   T* dv = matrix(a.dv, a.dv_at, a.heads, n);
-  const int64_t ldq = a.q_at.row, ldk = a.k_at.row, ldv = a.v_at.row, ldo = a.out_at.row, lddo = a.dout_at.row;
+  const int64_t ldq = a.e, ldk = a.e, ldv = a.v_at.row, ldo = a.out_at.row, lddo = a.ev;
   const int64_t lddq = a.dq_at.row, lddk = a.dk_at.row, lddv = a.dv_at.row;
   // The first product into each gradient block overwrites it (beta = 0): dq_i first at key
   // block 0, dk_j and dv_j first at their first visible query block. Only blocks no product
@@ -401,7 +420,8 @@ void sdpa_backward(const SdpaArgs<T>& a) {
   const int64_t mx = std::max({kBwdBr, kBwdBc, a.e, a.ev});
   const PackSizes<Isa, T> ps(std::max(kBwdBr, kBwdBc), mx, mx);
   const int64_t s_pad = (a.s + kBwdBc - 1) / kBwdBc * kBwdBc;
-  const size_t per = 2 * tile + static_cast<size_t>(a.l + s_pad * (a.e + a.ev)) + ps.a + ps.b + 64;
+  const size_t dense = static_cast<size_t>((a.l + a.s) * a.e + a.l * a.ev);
+  const size_t per = 2 * tile + static_cast<size_t>(a.l + s_pad * (a.e + a.ev)) + dense + ps.a + ps.b + 64;
   std::vector<T> buf(per * static_cast<size_t>(nt));
   const DropoutKey drop = make_dropout(a.dropout_p, a.seed);
 #pragma omp parallel num_threads(nt) if (nt > 1)
@@ -415,9 +435,10 @@ void sdpa_backward(const SdpaArgs<T>& a) {
     T* bbuf = abuf + ps.a;
     T* kt = bbuf + ps.b;
     T* vt = kt + s_pad * a.e;
+    T* dense_qkdo = vt + s_pad * a.ev;
     int64_t begin, end;
     rowops::split_range(a.n, omp_get_num_threads(), tid, &begin, &end);
-    for (int64_t n = begin; n < end; ++n) backward_one<Isa, T>(a, n, p, dp, d, kt, vt, abuf, bbuf, drop);
+    for (int64_t n = begin; n < end; ++n) backward_one<Isa, T>(a, n, p, dp, d, kt, vt, dense_qkdo, abuf, bbuf, drop);
   }
 }
 
