@@ -230,11 +230,14 @@ void forward_block(const SdpaArgs<T>& a, int64_t n, int64_t i0, int64_t bc, cons
   const int64_t ldq = a.q_at.row, ldo = a.out_at.row;
   const T* q = matrix(a.q, a.q_at, a.heads, n) + i0 * ldq;
   T* o = matrix(a.out, a.out_at, a.heads, n) + i0 * ldo;
-  for (int64_t r = 0; r < rows; ++r) std::fill(o + r * ldo, o + r * ldo + a.ev, T(0));
   std::fill(mrun, mrun + rows, ninf);
   std::fill(lrun, lrun + rows, T(0));
   // Causal: rows i < i0 + rows see keys j <= i, so key blocks past the diagonal are skipped.
   const int64_t kv_end = a.causal ? std::min(a.s, i0 + rows) : a.s;
+  // The first key block's P V overwrites o (beta = 0); with no keys at all o is zero.
+  if (kv_end <= 0) {
+    for (int64_t r = 0; r < rows; ++r) std::fill(o + r * ldo, o + r * ldo + a.ev, T(0));
+  }
   if (qpack && kv_end > bc) {
     PrepackedA<Isa, T>::pack(q, ldq, false, rows, a.e, qpack);
   } else {
@@ -268,7 +271,8 @@ void forward_block(const SdpaArgs<T>& a, int64_t n, int64_t i0, int64_t bc, cons
       mrun[r] = mnew;
       if (drop.on) apply_dropout(srow, cols, static_cast<uint64_t>((n * a.l + i0 + r) * a.s + j0), drop);
     }
-    tile_gemm<Isa, T>(rows, a.ev, cols, s, bc, false, v + j0 * ldv, ldv, false, o, ldo, T(1), T(1), abuf, bbuf);
+    tile_gemm<Isa, T>(rows, a.ev, cols, s, bc, false, v + j0 * ldv, ldv, false, o, ldo, T(1), j0 == 0 ? T(0) : T(1),
+                      abuf, bbuf);
   }
   T* stats = a.stats + 2 * (n * a.l + i0);
   for (int64_t r = 0; r < rows; ++r) {
