@@ -354,6 +354,30 @@ def test_fully_masked_rows_are_zero(rng, backend, dtype):
     assert np.array_equal(out2, out) and out3.shape == (2, 6, 5) and not out3.any()
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_rows_that_see_no_key_of_the_first_block(isa, rng, dtype):
+    """The forward's first key block (128 keys) writes the output rows, later blocks add to them:
+    rows whose first block is fully masked match the reference, and a row with nothing visible
+    at all is zero, when the output's memory held other numbers before (a reused output block)."""
+    L, S, E, Ev = 70, 300, 16, 33
+    q, k, v, _ = make_inputs(rng, (2,), L, S, E, Ev, dtype, "none")
+    mask = rng.random((2, L, S)) < 0.7
+    mask[:, :40, :128] = False  # rows 0-39: nothing visible among the first 128 keys
+    mask[:, :40, 250] = True
+    dout = rng.standard_normal((2, L, Ev)).astype(dtype)
+    for _ in range(2):  # the second forward gets an output block the first one filled
+        out, ws = ops.sdpa_forward(q, k, v, mask)
+        grads = ops.sdpa_backward(dout, ws)[:3]
+    ref_out, ref_grads = reference64(q, k, v, mask, False, dout)
+    check_against_reference(out, ref_out, q, k, v, mask, False, dout, grads, ref_grads)
+    blind = mask.copy()
+    blind[1, 7] = False
+    out_blind, _ = ops.sdpa_forward(q, k, v, blind)
+    assert not out_blind[1, 7].any()
+    out_blind[1, 7] = out[1, 7]
+    np.testing.assert_array_equal(out_blind, out)  # rows are independent of each other
+
+
 def test_thread_count_invariance(rng):
     q, k, v, mask = make_inputs(rng, (5,), 130, 200, 32, 16, np.float32, "float")
     proj = rng.standard_normal((2, 130, 3, 3, 32)).astype(np.float32)  # heads read in place
