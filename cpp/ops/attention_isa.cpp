@@ -339,7 +339,8 @@ void zero_rows(T* p, int64_t ld, int64_t r0, int64_t r1, int64_t cols) {
 
 // All of dq[n], dk[n], dv[n]: key blocks outer (dk_j, dv_j accumulate in place), query blocks
 // inner (dq_i accumulates in place). Every operand is addressed through its layout (row stride
-// ld*), so packed projections and merged heads are read and written in place.
+// ld*), so packed projections and merged heads are read and written in place; only q, k and dout
+// are first copied, one head at a time, into dense rows (see below).
 template <class Isa, class T>
 void backward_one(const SdpaArgs<T>& a, int64_t n, T* p, T* dp, T* d, T* kt, T* vt, T* dense, T* abuf, T* bbuf,
                   const DropoutKey& drop) {
