@@ -162,6 +162,13 @@ const T* dense_rows(const T* x, int64_t ldx, int64_t rows, int64_t cols, T* dens
   return dense;
 }
 
+// Scratch elements of backward_one's dense copies of q, k and dout (none for dense operands).
+template <class T>
+size_t backward_dense_elems(const SdpaArgs<T>& a) {
+  return static_cast<size_t>((a.q_at.row != a.e ? a.l * a.e : 0) + (a.k_at.row != a.e ? a.s * a.e : 0) +
+                             (a.dout_at.row != a.ev ? a.l * a.ev : 0));
+}
+
 // Scores of one tile in base 2: srow = log2(e) (scale q k^T (already in S) + mask), -inf above the
 // causal diagonal.
 template <class T>
@@ -344,12 +351,13 @@ void zero_rows(T* p, int64_t ld, int64_t r0, int64_t r1, int64_t cols) {
 template <class Isa, class T>
 void backward_one(const SdpaArgs<T>& a, int64_t n, T* p, T* dp, T* d, T* kt, T* vt, T* dense, T* abuf, T* bbuf,
                   const DropoutKey& drop) {
-  // q, k and dout with dense rows (dense_rows; scratch `dense` holds l * e + s * e + l * ev): the
-  // B operands of the dk, dq and dv products below.
+  // q, k and dout with dense rows (dense_rows; scratch `dense` holds backward_dense_elems): the B
+  // operands of the dk, dq and dv products below.
   const T* q = dense_rows(matrix(a.q, a.q_at, a.heads, n), a.q_at.row, a.l, a.e, dense);
-  const T* k = dense_rows(matrix(a.k, a.k_at, a.heads, n), a.k_at.row, a.s, a.e, dense + a.l * a.e);
-  const T* dout = dense_rows(matrix(a.dout, a.dout_at, a.heads, n), a.dout_at.row, a.l, a.ev,
-                             dense + (a.l + a.s) * a.e);
+  if (a.q_at.row != a.e) dense += a.l * a.e;
+  const T* k = dense_rows(matrix(a.k, a.k_at, a.heads, n), a.k_at.row, a.s, a.e, dense);
+  if (a.k_at.row != a.e) dense += a.s * a.e;
+  const T* dout = dense_rows(matrix(a.dout, a.dout_at, a.heads, n), a.dout_at.row, a.l, a.ev, dense);
   const T* v = matrix(a.v, a.v_at, a.heads, n);
   const T* out = matrix(a.out, a.out_at, a.heads, n);
   const T* stats = a.stats + 2 * n * a.l;
@@ -425,7 +433,7 @@ void sdpa_backward(const SdpaArgs<T>& a) {
   const int64_t mx = std::max({kBwdBr, kBwdBc, a.e, a.ev});
   const PackSizes<Isa, T> ps(std::max(kBwdBr, kBwdBc), mx, mx);
   const int64_t s_pad = (a.s + kBwdBc - 1) / kBwdBc * kBwdBc;
-  const size_t dense = static_cast<size_t>((a.l + a.s) * a.e + a.l * a.ev);
+  const size_t dense = backward_dense_elems(a);
   const size_t per = 2 * tile + static_cast<size_t>(a.l + s_pad * (a.e + a.ev)) + dense + ps.a + ps.b + 64;
   std::vector<T> buf(per * static_cast<size_t>(nt));
   const DropoutKey drop = make_dropout(a.dropout_p, a.seed);
