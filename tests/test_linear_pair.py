@@ -107,6 +107,34 @@ def test_dbias_and_dweight_do_not_depend_on_thread_count(rng):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("activation", ["relu", "gelu"])
+def test_pair_is_bit_identical_whoever_computes_a_block(rng, dtype, activation):
+    """At two threads dX and dW run one per thread and the thread that finishes first computes
+    chunks of the other's blocks (gemm_pair); every tile must come out as on one thread. Shapes
+    with several K blocks (rows > 384), column blocks (> 384 features), partial chunks and panels,
+    bias sums and the activation epilogue on dX; repeated, since who helps with what varies."""
+    rows, d_in, hidden, d_out = 1031, 389, 1157, 401
+    x = rng.standard_normal((rows, d_in)).astype(dtype)
+    w1 = (rng.standard_normal((hidden, d_in)) / 20).astype(dtype)
+    b1 = rng.standard_normal(hidden).astype(dtype)
+    w2 = (rng.standard_normal((d_out, hidden)) / 30).astype(dtype)
+    b2 = rng.standard_normal(d_out).astype(dtype)
+    dy = rng.standard_normal((rows, d_out)).astype(dtype)
+    before = seqblocks.get_num_threads()
+    try:
+        runs = []
+        for threads in (1, 2, 2, 2, 2):
+            seqblocks.set_num_threads(threads)
+            _, ws = ops.feed_forward_forward(x, w1, b1, w2, b2, activation)
+            runs.append(ops.feed_forward_backward(dy, ws))
+    finally:
+        seqblocks.set_num_threads(before)
+    for r in runs[1:]:
+        for got, want in zip(r, runs[0]):
+            np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_torch_parity(rng, dtype):
     torch = pytest.importorskip("torch")
     x = rng.standard_normal((3, 17, 65)).astype(dtype)

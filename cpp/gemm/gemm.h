@@ -51,6 +51,9 @@
 
 namespace seqblocks {
 
+template <class T>
+struct PairShare;
+
 // One matrix of the batch, possibly restricted to a rectangle of its C.
 template <class T>
 struct GemmView {
@@ -73,6 +76,9 @@ struct GemmView {
   // All of A packed by PrepackedA (m <= MC, k <= KC), or null: one query block of attention
   // multiplied by several key blocks. Read by gemm_packed instead of packing A per call.
   const T* a_packed = nullptr;
+  // The product's block queue when it runs as one of a pair (gemm_pair), or null: the other
+  // thread may then compute panels of each block (single-threaded views only).
+  PairShare<T>* share = nullptr;
 
   // Rows [i0, i1) and columns [j0, j1) of C.
   GemmView sub(int64_t i0, int64_t i1, int64_t j0, int64_t j1) const {
@@ -211,6 +217,117 @@ struct PrepackedA {
   }
 };
 
+// One (K block, column block) of gemm_packed, packed and ready: what a sweep over its micro-panel
+// rows needs. Panel ir (rows [ir, ir + h) of the block) starts at a0 + ir * a_step.
+template <class T>
+struct PanelBlock {
+  int64_t mc = 0, h = 1, kc = 0, nc = 0;
+  const T* a0 = nullptr;
+  int64_t a_step = 0, a_stride = 0;
+  bool a_rows = false;  // a row-major A read in place (kARows)
+  const T* bblk = nullptr;
+  int64_t ldb_blk = 0;
+  bool b_direct = false;
+  T* c0 = nullptr;  // C at the block's (0, 0)
+  int64_t ldc = 0;
+  const T* bias0 = nullptr;  // bias at the block's first column, or null
+  TileEpilogue<T> ep{};
+};
+
+// Micro-panel rows [p0, p1) of a block, across all its columns.
+template <class Isa, class T>
+static void sweep_panels(const PanelBlock<T>& blk, int64_t p0, int64_t p1) {
+  constexpr int64_t NR = GemmTraits<Isa, T>::NV * Vec<Isa, T>::width;
+  TileEpilogue<T> ep = blk.ep;
+  const int64_t end = std::min(blk.mc, p1 * blk.h);
+  for (int64_t ir = p0 * blk.h; ir < end; ir += blk.h) {
+    const int mr = static_cast<int>(std::min<int64_t>(blk.h, blk.mc - ir));
+    const T* apanel = blk.a0 + ir * blk.a_step;
+    T* crow = blk.c0 + ir * blk.ldc;
+    for (int64_t jr = 0; jr < blk.nc; jr += NR) {
+      const int nr = static_cast<int>(std::min(NR, blk.nc - jr));
+      const T* bpanel = blk.b_direct ? blk.bblk + jr : blk.bblk + jr * blk.kc;
+      ep.bias = blk.bias0 ? blk.bias0 + jr : nullptr;
+      pick_micro_tile<Isa, T>(mr, nr, blk.b_direct, blk.a_rows)(blk.kc, apanel, blk.a_stride, bpanel, blk.ldb_blk,
+                                                                 crow + jr, blk.ldc, nr, ep);
+    }
+  }
+}
+
+// The block queue of one product of a pair (gemm_pair). Its owner publishes each packed block
+// as a new generation and claims chunks of kChunkPanels micro-panels; the other thread, once
+// its own product is done, claims chunks too, reading the owner's packed panels (nothing is
+// packed twice). A claim is a compare-and-swap on `state`, which holds the generation with the
+// chunk count and the next chunk, so a claim can only succeed on the block it read. The owner
+// waits until every chunk of a block is done before it packs the next one into the same buffers
+// (and before a later K block adds into the same C rows). Every tile is computed by the same
+// operations whoever claims it: results are bit-identical to the unshared product.
+template <class T>
+struct PairShare {
+  static constexpr int64_t kChunkPanels = 4;
+  static constexpr int kCountBits = 20;  // chunks per block < 2^20 (m < 2^20 * 4 * MR rows)
+  static constexpr uint64_t kCountMask = (uint64_t{1} << kCountBits) - 1;
+  std::atomic<uint64_t> state{0};  // generation << 2 kCountBits | chunks << kCountBits | next
+  std::atomic<int64_t> done{0};    // chunks of the current generation finished
+  std::atomic<bool> finished{false};
+  PanelBlock<T> block;             // written by the owner before it publishes a generation
+  uint64_t generation = 0;         // the owner's
+
+  static uint64_t chunks_of(uint64_t st) { return (st >> kCountBits) & kCountMask; }
+  static uint64_t next_of(uint64_t st) { return st & kCountMask; }
+
+  // Claims the next chunk of the generation in `st`; false once none is left.
+  bool claim(uint64_t* chunk) {
+    uint64_t st = state.load(std::memory_order_acquire);
+    while (next_of(st) < chunks_of(st)) {
+      if (state.compare_exchange_weak(st, st + 1, std::memory_order_acq_rel, std::memory_order_acquire)) {
+        *chunk = next_of(st);
+        return true;
+      }
+    }
+    return false;
+  }
+  template <class Isa>
+  void run_chunk(uint64_t chunk) {
+    const int64_t panels = (block.mc + block.h - 1) / block.h;
+    const int64_t p0 = static_cast<int64_t>(chunk) * kChunkPanels;
+    sweep_panels<Isa, T>(block, p0, std::min(panels, p0 + kChunkPanels));
+    done.fetch_add(1, std::memory_order_release);
+  }
+  // Owner: publish blk, work through it with the helper, return when all of it is done.
+  template <class Isa>
+  void run_block(const PanelBlock<T>& blk) {
+    const int64_t panels = (blk.mc + blk.h - 1) / blk.h;
+    const uint64_t chunks = static_cast<uint64_t>((panels + kChunkPanels - 1) / kChunkPanels);
+    block = blk;
+    done.store(0, std::memory_order_relaxed);
+    ++generation;
+    state.store(generation << (2 * kCountBits) | chunks << kCountBits, std::memory_order_release);
+    uint64_t chunk;
+    while (claim(&chunk)) run_chunk<Isa>(chunk);
+    while (done.load(std::memory_order_acquire) < static_cast<int64_t>(chunks)) cpu_relax();
+  }
+  // Helper: claim chunks of the owner's blocks until the owner says its product is finished.
+  template <class Isa>
+  void help() {
+    for (;;) {
+      uint64_t chunk;
+      if (claim(&chunk)) {
+        run_chunk<Isa>(chunk);
+      } else if (finished.load(std::memory_order_acquire)) {
+        return;
+      } else {
+        cpu_relax();
+      }
+    }
+  }
+  static void cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+  }
+};
+
 template <class Isa, class T>
 static void gemm_packed(const GemmView<T>& v, T* abuf, T* bbuf) {
   using Tr = GemmTraits<Isa, T>;
@@ -259,21 +376,20 @@ static void gemm_packed(const GemmView<T>& v, T* abuf, T* bbuf) {
           bblk = bbuf;
           ldb_blk = NR;
         }
-        for (int64_t ir = 0; ir < mc; ir += h) {
-          const int mr = static_cast<int>(std::min<int64_t>(h, mc - ir));
-          const T* apanel = a_pre       ? v.a_packed + ir * kc
-                            : !a_direct ? abuf + ir * kc
-                            : v.trans_a ? ablk + ir
-                                        : ablk + ir * v.lda;
-          const int64_t a_stride = a_direct ? v.lda : h;
-          T* crow = v.c + (ic + ir) * v.ldc + jc;
-          for (int64_t jr = 0; jr < nc; jr += NR) {
-            const int nr = static_cast<int>(std::min(NR, nc - jr));
-            const T* bpanel = b_direct ? bblk + jr : bblk + jr * kc;
-            ep.bias = v.bias ? v.bias + jc + jr : nullptr;
-            pick_micro_tile<Isa, T>(mr, nr, b_direct, a_direct && !v.trans_a)(
-                kc, apanel, a_stride, bpanel, ldb_blk, crow + jr, v.ldc, nr, ep);
-          }
+        PanelBlock<T> blk;
+        blk.mc = mc, blk.h = h, blk.kc = kc, blk.nc = nc;
+        blk.a0 = a_pre ? v.a_packed : !a_direct ? abuf : ablk;
+        blk.a_step = (a_pre || !a_direct) ? kc : v.trans_a ? 1 : v.lda;
+        blk.a_stride = a_direct ? v.lda : h;
+        blk.a_rows = a_direct && !v.trans_a;
+        blk.bblk = bblk, blk.ldb_blk = ldb_blk, blk.b_direct = b_direct;
+        blk.c0 = v.c + ic * v.ldc + jc, blk.ldc = v.ldc;
+        blk.bias0 = v.bias ? v.bias + jc : nullptr;
+        blk.ep = ep;
+        if (v.share) {
+          v.share->template run_block<Isa>(blk);
+        } else {
+          sweep_panels<Isa, T>(blk, 0, (mc + h - 1) / h);
         }
       }
     }
@@ -350,8 +466,9 @@ void gemm_dot(const GemmProblem<T>& p, int nt) {
   }
 }
 
+// share: the product's block queue when it runs on one thread as one of a pair (gemm_pair).
 template <class Isa, class T>
-void gemm(const GemmProblem<T>& p) {
+void gemm_shared(const GemmProblem<T>& p, PairShare<T>* share) {
   if (p.m <= 0 || p.n <= 0 || p.batch <= 0) return;
   using Tr = GemmTraits<Isa, T>;
   constexpr int64_t W = Vec<Isa, T>::width;
@@ -406,6 +523,7 @@ void gemm(const GemmProblem<T>& p) {
   GemmView<T> base{p.m,     p.n,       p.k, p.a,   p.lda,   p.trans_a, p.b,
                    p.ldb,   p.trans_b, p.c, p.ldc, p.alpha, p.beta,    p.bias};
   base.post = p.post;
+  base.share = nt == 1 && units == 1 ? share : nullptr;
   std::atomic<int64_t> next_unit{0};
 
 #pragma omp parallel num_threads(nt) if (nt > 1)
@@ -451,11 +569,22 @@ void gemm(const GemmProblem<T>& p) {
   }
 }
 
+template <class Isa, class T>
+void gemm(const GemmProblem<T>& p) {
+  gemm_shared<Isa, T>(p, nullptr);
+}
+
 // Two independent products of equal work (the input and weight gradients of a linear map:
-// rows x in x out multiply-adds each). With exactly two threads each runs whole on its own
-// thread -- one core and its L2 per product, no split of either, no duplicated packing;
-// otherwise one after the other on all threads. Either may be null. Exceptions (a workspace
-// allocation) are carried out of the region and rethrown on the calling thread.
+// rows x in x out multiply-adds each). With exactly two threads each runs on its own thread --
+// one core and its L2 per product, no split of either, no duplicated packing -- and the thread
+// that finishes first helps with the other's remaining blocks through its PairShare queue
+// (chunks of micro-panels computed from the owner's packed panels). Equal work does not mean
+// equal time: dW (transposed A to pack) took 1.06-1.08x dX's time, and a busy host slows one
+// core; one product per thread left 3-9 % of the pair's two-thread time idle (C++ harness,
+// the layer's four shapes, busy host). Helping measured 1.01-1.09x on those pairs (medians of
+// 15 alternating rounds, three runs; bit-identical results). Otherwise (not two threads, or
+// too little work) one product after the other on all threads. Either may be null. Exceptions
+// (a workspace allocation) are carried out of the region and rethrown on the calling thread.
 template <class Isa, class T>
 void gemm_pair(const GemmProblem<T>* first, const GemmProblem<T>* second, int nthreads) {
   constexpr double kMinMacsEach = 4e6;  // below, the split costs more than it saves
@@ -471,18 +600,34 @@ void gemm_pair(const GemmProblem<T>* first, const GemmProblem<T>* second, int nt
     return;
   }
   std::exception_ptr failed[2];
+  PairShare<T> shares[2];  // [0] first's queue, [1] second's
 #pragma omp parallel num_threads(2)
   {
     const int tid = omp_get_thread_num();
     try {
       // A team of one (OpenMP may start fewer threads than asked for): thread 0 computes both.
       const bool short_team = omp_get_num_threads() < 2 || short_team_forced_for_tests();
-      for (const GemmProblem<T>* p : {first, second}) {
-        if (short_team ? tid == 0 : p == (tid == 0 ? first : second)) {
-          GemmProblem<T> q = *p;
-          q.nthreads = 1;
-          gemm<Isa, T>(q);
+      if (short_team) {
+        if (tid == 0) {
+          for (const GemmProblem<T>* p : {first, second}) {
+            GemmProblem<T> q = *p;
+            q.nthreads = 1;
+            gemm<Isa, T>(q);
+          }
         }
+      } else {
+        GemmProblem<T> q = tid == 0 ? *first : *second;
+        q.nthreads = 1;
+        {
+          // The other thread stops helping once this is set, however this product ends.
+          struct Finished {
+            PairShare<T>* share;
+            ~Finished() { share->finished.store(true, std::memory_order_release); }
+          } finished{&shares[tid]};
+          gemm_shared<Isa, T>(q, &shares[tid]);
+        }
+        DenormalsFlushed flush;  // as inside gemm's own region: chunks of the other's blocks
+        shares[1 - tid].template help<Isa>();
       }
     } catch (...) {
       failed[tid] = std::current_exception();
