@@ -112,7 +112,7 @@ py::tuple linear_backward_impl(const py::array& dy_arr, const py::array& x_arr, 
     if (act && !act_after) pdx_p.post = &act_post;
     if (rows * in_f > 0 && out_f == 0) std::fill(pdx, pdx + rows * in_f, T(0));
     if (out_f * in_f > 0 && rows == 0) std::fill(pdw, pdw + out_f * in_f, T(0));
-    // dx and dW have equal work: at two threads one each (gemm/gemm.h, gemm_pair)
+    // dx and dW have equal work: at two threads one each, the first done helping (gemm/gemm.h, gemm_pair)
     if constexpr (std::is_same_v<T, float>) {
       kernels().gemm_pair_f32(dx_gemm ? &pdx_p : nullptr, dw_gemm ? &pdw_p : nullptr, num_threads());
     } else {

@@ -48,8 +48,9 @@ struct KernelTable {
   const char* isa;
   void (*gemm_f32)(const GemmProblem<float>&);
   void (*gemm_f64)(const GemmProblem<double>&);
-  // Two independent GEMMs of equal work, each whole on one thread when nthreads == 2, else one
-  // after the other (gemm/gemm.h, gemm_pair); either may be null.
+  // Two independent GEMMs of equal work, one per thread when nthreads == 2 (the first to finish
+  // helps with the other's blocks), else one after the other (gemm/gemm.h, gemm_pair); either
+  // may be null.
   void (*gemm_pair_f32)(const GemmProblem<float>*, const GemmProblem<float>*, int nthreads);
   void (*gemm_pair_f64)(const GemmProblem<double>*, const GemmProblem<double>*, int nthreads);
   // y[i] = f(x[i]) for i < n; x and y may be the same pointer.
