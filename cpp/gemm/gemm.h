@@ -276,7 +276,9 @@ struct PairShare {
   static uint64_t chunks_of(uint64_t st) { return (st >> kCountBits) & kCountMask; }
   static uint64_t next_of(uint64_t st) { return st & kCountMask; }
 
-  // Claims the next chunk of the generation in `st`; false once none is left.
+  // Claims the next chunk of the published block; false once none is left. Everything the claim
+  // relies on is in the word it swaps, so even a stale read can only claim a chunk that is
+  // really unclaimed in the block published now.
   bool claim(uint64_t* chunk) {
     uint64_t st = state.load(std::memory_order_acquire);
     while (next_of(st) < chunks_of(st)) {
