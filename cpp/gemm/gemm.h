@@ -265,7 +265,7 @@ static void sweep_panels(const PanelBlock<T>& blk, int64_t p0, int64_t p1) {
 template <class T>
 struct PairShare {
   static constexpr int64_t kChunkPanels = 4;
-  static constexpr int kCountBits = 20;  // chunks per block < 2^20 (m < 2^20 * 4 * MR rows)
+  static constexpr int kCountBits = 20;  // chunks of a block: mc <= MC rows, so at most a few hundred
   static constexpr uint64_t kCountMask = (uint64_t{1} << kCountBits) - 1;
   std::atomic<uint64_t> state{0};  // generation << 2 kCountBits | chunks << kCountBits | next
   std::atomic<int64_t> done{0};    // chunks of the current generation finished
