@@ -208,6 +208,46 @@ def test_results_do_not_depend_on_thread_count(isa, rng):
     np.testing.assert_array_equal(one, three)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_two_thread_halves_are_bit_identical_whoever_computes_a_block(rng, dtype):
+    """At two threads a product is cut in two rectangles, one per thread, and the thread that
+    finishes first computes chunks of the other's blocks (its PairShare queue); every tile must
+    come out as on one thread. Cuts along M and along N, two matrices of a batch, several K
+    blocks (k > 384) and column blocks (n > 384), transposed operands, partial chunks and
+    panels, alpha/beta, bias and the activation epilogue; repeated, since who helps with what
+    varies from call to call."""
+    from seqblocks.ops.linear_act import linear_act_forward
+
+    a = rng.standard_normal((1031, 389)).astype(dtype)
+    b = rng.standard_normal((389, 1157)).astype(dtype)
+    c = rng.standard_normal((1031, 1157)).astype(dtype)
+    batch_a = rng.standard_normal((2, 301, 401)).astype(dtype)
+    batch_b = rng.standard_normal((2, 401, 499)).astype(dtype)
+    w = (rng.standard_normal((1157, 389)) / 20).astype(dtype)
+    bias = rng.standard_normal(1157).astype(dtype)
+
+    def products():
+        return [ops.gemm(a, b, c, alpha=0.5, beta=-1.0),
+                ops.gemm(a.T.copy(), b, trans_a=True),
+                ops.gemm(a, b.T.copy(), trans_b=True),
+                ops.matmul(w, b[:, :397].copy()),  # m > n: cut along M (the others, along N)
+                ops.matmul(batch_a, batch_b),
+                ops.linear(a, w, bias),
+                linear_act_forward(a, w, bias, "gelu", needs_grad=False)[0]]
+
+    before = seqblocks.get_num_threads()
+    try:
+        seqblocks.set_num_threads(1)
+        want = products()
+        seqblocks.set_num_threads(2)
+        runs = [products() for _ in range(4)]
+    finally:
+        seqblocks.set_num_threads(before)
+    for got in runs:
+        for g, e in zip(got, want):
+            np.testing.assert_array_equal(g, e)
+
+
 def test_concurrent_calls_from_python_threads(rng):
     mats = [(rng.standard_normal((96, 80)).astype(np.float32), rng.standard_normal((80, 70)).astype(np.float32))
             for _ in range(8)]

@@ -526,7 +526,45 @@ void gemm_shared(const GemmProblem<T>& p, PairShare<T>* share) {
                    p.ldb,   p.trans_b, p.c, p.ldc, p.alpha, p.beta,    p.bias};
   base.post = p.post;
   base.share = nt == 1 && units == 1 ? share : nullptr;
+  // Two packed units on two threads (one matrix cut in two, or two matrices): each thread takes
+  // its own and then helps with the other's remaining blocks through a PairShare queue, as the
+  // two products of gemm_pair do. A static half per thread left 5-8 % of a layer-shaped
+  // product's two-thread time idle on a busy host (one core slowed); the claim counter cannot
+  // even that out with one unit per thread.
+  const bool paired = path == GemmPath::packed && nt == 2 && units == 2 && share == nullptr;
+  PairShare<T> pair_shares[2];
   std::atomic<int64_t> next_unit{0};
+
+  // Computes unit u (one rectangle of one matrix) with its blocks queued on unit_share, if any.
+  auto run_unit = [&](int64_t u, T* abuf, T* bbuf, PairShare<T>* unit_share) {
+    const int64_t item = parts > 1 ? u / parts : u, part = parts > 1 ? u % parts : 0;
+    GemmView<T> v = base;
+    v.a = p.a ? p.a + item * p.batch_stride_a : nullptr;
+    v.b = p.b ? p.b + item * p.batch_stride_b : nullptr;
+    v.c = p.c + item * p.batch_stride_c;
+    if (unit_share) v.share = unit_share;
+    // (Whole matrices skip the divisions: they are most of the cost of a tiny GEMM.)
+    int64_t i0 = 0, i1 = p.m, j0 = 0, j1 = p.n;
+    if (parts > 1) {
+      gemm_split_range(p.m, grid.row_unit, grid.tm, part / grid.tn, &i0, &i1);
+      gemm_split_range(p.n, grid.col_unit, grid.tn, part % grid.tn, &j0, &j1);
+      if (i0 >= i1 || j0 >= j1) return;
+    }
+    const GemmView<T> s = parts > 1 ? v.sub(i0, i1, j0, j1) : v;
+    switch (path) {
+      case GemmPath::empty_k:
+        gemm_empty_k(s);
+        if (s.post) s.post->fn(s.c, s.ldc, s.m, s.n, s.post->ctx);
+        break;
+      case GemmPath::dot:
+        dot_gemm<Isa, T>(s.m, s.n, s.k, s.a, s.lda, s.b, s.ldb, s.c, s.ldc, s.alpha, s.beta, s.bias);
+        if (s.post) s.post->fn(s.c, s.ldc, s.m, s.n, s.post->ctx);
+        break;
+      case GemmPath::packed:
+        gemm_packed<Isa, T>(s, abuf, bbuf);
+        break;
+    }
+  };
 
 #pragma omp parallel num_threads(nt) if (nt > 1)
   {
@@ -534,38 +572,17 @@ void gemm_shared(const GemmProblem<T>& p, PairShare<T>* share) {
     const int tid = omp_get_thread_num();
     T* abuf = workspace ? workspace + per_thread * static_cast<size_t>(tid) : nullptr;
     T* bbuf = abuf ? abuf + sizes.a : nullptr;
-    for (;;) {
-      const int64_t u0 = next_unit.fetch_add(claim, std::memory_order_relaxed);
-      if (u0 >= units) break;
-      const int64_t u1 = std::min(units, u0 + claim);
-      for (int64_t u = u0; u < u1; ++u) {
-        const int64_t item = parts > 1 ? u / parts : u, part = parts > 1 ? u % parts : 0;
-        GemmView<T> v = base;
-        v.a = p.a ? p.a + item * p.batch_stride_a : nullptr;
-        v.b = p.b ? p.b + item * p.batch_stride_b : nullptr;
-        v.c = p.c + item * p.batch_stride_c;
-        // (Whole matrices skip the divisions: they are most of the cost of a tiny GEMM.)
-        int64_t i0 = 0, i1 = p.m, j0 = 0, j1 = p.n;
-        if (parts > 1) {
-          gemm_split_range(p.m, grid.row_unit, grid.tm, part / grid.tn, &i0, &i1);
-          gemm_split_range(p.n, grid.col_unit, grid.tn, part % grid.tn, &j0, &j1);
-          if (i0 >= i1 || j0 >= j1) continue;
-        }
-        const GemmView<T> s = parts > 1 ? v.sub(i0, i1, j0, j1) : v;
-        switch (path) {
-          case GemmPath::empty_k:
-            gemm_empty_k(s);
-            if (s.post) s.post->fn(s.c, s.ldc, s.m, s.n, s.post->ctx);
-            break;
-          case GemmPath::dot:
-            dot_gemm<Isa, T>(s.m, s.n, s.k, s.a, s.lda, s.b, s.ldb, s.c, s.ldc, s.alpha, s.beta,
-                             s.bias);
-            if (s.post) s.post->fn(s.c, s.ldc, s.m, s.n, s.post->ctx);
-            break;
-          case GemmPath::packed:
-            gemm_packed<Isa, T>(s, abuf, bbuf);
-            break;
-        }
+    if (paired && omp_get_num_threads() == 2 && !short_team_forced_for_tests()) {
+      run_unit(tid, abuf, bbuf, &pair_shares[tid]);
+      // Nothing in a unit throws (the workspace was obtained before the region).
+      pair_shares[tid].finished.store(true, std::memory_order_release);
+      pair_shares[1 - tid].template help<Isa>();
+    } else {
+      for (;;) {
+        const int64_t u0 = next_unit.fetch_add(claim, std::memory_order_relaxed);
+        if (u0 >= units) break;
+        const int64_t u1 = std::min(units, u0 + claim);
+        for (int64_t u = u0; u < u1; ++u) run_unit(u, abuf, bbuf, nullptr);
       }
     }
   }
