@@ -436,3 +436,33 @@ def test_isa_env_falls_back_on_a_cpu_without_avx512():
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip() == "avx2"
     assert "SEQBLOCKS_ISA='avx512': this CPU cannot run 'avx512'; using 'avx2'" in result.stderr
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="needs os.sched_setaffinity")
+def test_two_threads_pinned_to_one_core_finish_with_the_same_bits():
+    """More threads than cores: two threads on one CPU. The waits of the two-thread products
+    (one thread helping with the other's blocks, gemm.h PairShare) must not hang or change a bit
+    while the thread they wait for needs the same core; forward products and the backward's pair."""
+    cpu = min(os.sched_getaffinity(0))
+    proc = run_python(f"""
+        import os, hashlib
+        os.sched_setaffinity(0, {{{cpu}}})  # before the first OpenMP thread starts: all inherit it
+        import numpy as np
+        import seqblocks
+        from seqblocks import ops
+        rng = np.random.default_rng(0)
+        x = rng.standard_normal((700, 389)).astype(np.float32)
+        w = rng.standard_normal((1157, 389)).astype(np.float32)
+        dy = rng.standard_normal((700, 1157)).astype(np.float32)
+        digests = []
+        for threads in (1, 2, 2):
+            seqblocks.set_num_threads(threads)
+            y, ws = ops.linear_forward(x, w, None)
+            h = hashlib.sha256(y.tobytes())
+            for g in ops.linear_backward(dy, ws)[:2]:  # dx, dw (no bias)
+                h.update(g.tobytes())
+            digests.append(h.hexdigest())
+        print(len(os.sched_getaffinity(0)), len(set(digests)))
+    """)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["1", "1"]
