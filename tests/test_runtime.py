@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 import textwrap
+import time
 
 import numpy as np
 import pytest
@@ -153,6 +154,42 @@ def test_bench_worker_prints_ratio_quartiles(capsys, monkeypatch):
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert re.fullmatch(r"\d+\.\d\dx \[\d+\.\d\d-\d+\.\d\d\]", cells[4]), row  # numpy/ours
     assert cells[5:] == ["-", "-"], row  # no torch column filled
+
+
+def test_bench_min_sample_reaches_the_timer_and_repeats_calls(capsys, monkeypatch):
+    import seqblocks._bench as bench
+
+    calls = []
+    case = bench.Case("none", "sleepy", 0.0, {"seqblocks": lambda: (calls.append(1), time.sleep(0.002))})
+    seen = {}
+    timer = bench.time_case
+
+    def spy(case, rounds, min_sample_s=0.02, settle_s=0.0):
+        seen["min_sample_s"] = min_sample_s
+        return timer(case, rounds, min_sample_s=min_sample_s, settle_s=settle_s)
+
+    monkeypatch.setattr(bench, "PROBE_S", 0.01)
+    monkeypatch.setattr(bench, "families", lambda: {"none": lambda quick: [case]})
+    monkeypatch.setattr(bench, "time_case", spy)
+    before = seqblocks.get_num_threads()
+    try:
+        bench.run_worker(1, ["none"], quick=True, rounds=2, min_sample_ms=12.0)
+    finally:
+        seqblocks.set_num_threads(before)
+    assert seen["min_sample_s"] == pytest.approx(0.012)
+    # two untimed calls (warm-up, one to size the sample), then 2 rounds of >= 12 ms / ~2 ms calls
+    assert 2 + 2 * 3 <= len(calls) <= 2 + 2 * 6
+    assert "| sleepy |" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("value", ["0", "-5", "nan", "60001"])
+def test_bench_rejects_a_bad_min_sample(capsys, value):
+    import seqblocks._bench as bench
+
+    with pytest.raises(SystemExit):
+        bench.main(["--min-sample-ms", value, "--threads", "1"])
+    err = capsys.readouterr().err
+    assert "--min-sample-ms: expected a number of milliseconds in (0, 60000]" in err and value in err
 
 
 def test_default_isa_is_the_best_available():

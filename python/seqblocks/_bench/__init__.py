@@ -152,7 +152,12 @@ def fma_probe_line(threads: int) -> str:
     return f"{total:.1f} ({total / threads:.1f} per thread)"
 
 
-def run_worker(threads: int, selected: list[str], quick: bool, rounds: int) -> None:
+#: Default shortest sample: calls of one implementation are repeated until a sample lasts this long.
+MIN_SAMPLE_MS = 20.0
+
+
+def run_worker(threads: int, selected: list[str], quick: bool, rounds: int,
+               min_sample_ms: float = MIN_SAMPLE_MS) -> None:
     import seqblocks
 
     seqblocks.set_num_threads(threads)
@@ -168,7 +173,8 @@ def run_worker(threads: int, selected: list[str], quick: bool, rounds: int) -> N
     print("|" + "---|" * (header.count("|") - 1))
     for family in selected:
         for case in all_families[family](quick):
-            samples = time_case(case, rounds, settle_s=SETTLE_S if threads > 1 else 0.0)
+            samples = time_case(case, rounds, min_sample_s=min_sample_ms / 1e3,
+                                settle_s=SETTLE_S if threads > 1 else 0.0)
             ours = statistics.median(samples["seqblocks"])
             gflops = f"{case.flops / ours / 1e9:.1f}" if case.flops else "-"
 
@@ -193,6 +199,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", default=",".join(all_families), help=f"families to run: {', '.join(all_families)}")
     parser.add_argument("--rounds", type=int, default=None,
                         help="alternating rounds per case (medians and quartiles taken)")
+    parser.add_argument("--min-sample-ms", type=float, default=MIN_SAMPLE_MS,
+                        help=f"shortest sample: each implementation's calls are repeated until a sample lasts "
+                             f"this long (default {MIN_SAMPLE_MS:g}; a layer step of 30-170 ms is then one call, "
+                             f"so on a noisy host a few hundred ms gives steadier ratios)")
     parser.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
@@ -203,8 +213,10 @@ def main(argv: list[str] | None = None) -> int:
     rounds = args.rounds if args.rounds is not None else (5 if args.quick else 11)
     if rounds < 1:
         parser.error(f"--rounds: expected an int >= 1, got {rounds}")
+    if not (0 < args.min_sample_ms <= 60_000):
+        parser.error(f"--min-sample-ms: expected a number of milliseconds in (0, 60000], got {args.min_sample_ms}")
     if args.worker is not None:
-        run_worker(args.worker, selected, args.quick, rounds)
+        run_worker(args.worker, selected, args.quick, rounds, args.min_sample_ms)
         return 0
     try:
         thread_counts = [int(t) for t in args.threads.split(",") if t.strip()]
@@ -223,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
         for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
             env[var] = str(threads)
         cmd = [sys.executable, "-m", "seqblocks", "bench", "--worker", str(threads), "--only", ",".join(selected),
-               "--rounds", str(rounds)] + (["--quick"] if args.quick else [])
+               "--rounds", str(rounds), "--min-sample-ms", repr(args.min_sample_ms)] + (["--quick"] if args.quick else [])
         result = subprocess.run(cmd, env=env)
         if result.returncode != 0:
             return result.returncode
