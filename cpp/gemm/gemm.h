@@ -328,6 +328,21 @@ struct PairShare {
       }
     }
   }
+  // Thread tid of a pair: its own product (own(&shares[tid]) queues its blocks there), then
+  // chunks of the other's until that one is finished too.
+  template <class Isa, class Own>
+  static void run_then_help(PairShare<T> (&shares)[2], int tid, Own&& own) {
+    {
+      // The other thread stops helping once this is set, however this product ends.
+      struct Finished {
+        PairShare<T>* share;
+        ~Finished() { share->finished.store(true, std::memory_order_release); }
+      } finished{&shares[tid]};
+      own(&shares[tid]);
+    }
+    DenormalsFlushed flush;  // as inside gemm's own region: chunks of the other's blocks
+    shares[1 - tid].template help<Isa>();
+  }
   // Both waits (the helper for the owner's next block, the owner for a chunk the helper still
   // computes) are normally short: a block's packing, one chunk. They spin with pause for about
   // 100 us (as StepBarrier does), then yield the core at each check: where the process has more
@@ -594,10 +609,8 @@ void gemm_shared(const GemmProblem<T>& p, PairShare<T>* share) {
     T* abuf = workspace ? workspace + per_thread * static_cast<size_t>(tid) : nullptr;
     T* bbuf = abuf ? abuf + sizes.a : nullptr;
     if (paired && omp_get_num_threads() == 2 && !short_team_forced_for_tests()) {
-      run_unit(tid, abuf, bbuf, &pair_shares[tid]);
-      // Nothing in a unit throws (the workspace was obtained before the region).
-      pair_shares[tid].finished.store(true, std::memory_order_release);
-      pair_shares[1 - tid].template help<Isa>();
+      PairShare<T>::template run_then_help<Isa>(pair_shares, tid,
+                                                [&](PairShare<T>* mine) { run_unit(tid, abuf, bbuf, mine); });
     } else {
       for (;;) {
         const int64_t u0 = next_unit.fetch_add(claim, std::memory_order_relaxed);
@@ -658,16 +671,8 @@ void gemm_pair(const GemmProblem<T>* first, const GemmProblem<T>* second, int nt
       } else {
         GemmProblem<T> q = tid == 0 ? *first : *second;
         q.nthreads = 1;
-        {
-          // The other thread stops helping once this is set, however this product ends.
-          struct Finished {
-            PairShare<T>* share;
-            ~Finished() { share->finished.store(true, std::memory_order_release); }
-          } finished{&shares[tid]};
-          gemm_shared<Isa, T>(q, &shares[tid]);
-        }
-        DenormalsFlushed flush;  // as inside gemm's own region: chunks of the other's blocks
-        shares[1 - tid].template help<Isa>();
+        PairShare<T>::template run_then_help<Isa>(shares, tid,
+                                                  [&](PairShare<T>* mine) { gemm_shared<Isa, T>(q, mine); });
       }
     } catch (...) {
       failed[tid] = std::current_exception();

@@ -67,9 +67,12 @@ def families() -> dict[str, Callable[[bool], list[Case]]]:
 
 #: Pause between implementations when threads > 1 (see time_case).
 SETTLE_S = 0.25
+#: Default shortest sample: calls of one implementation are repeated until a sample lasts this long.
+MIN_SAMPLE_MS = 20.0
 
 
-def time_case(case: Case, rounds: int, min_sample_s: float = 0.02, settle_s: float = 0.0) -> dict[str, list[float]]:
+def time_case(case: Case, rounds: int, min_sample_s: float = MIN_SAMPLE_MS / 1e3,
+              settle_s: float = 0.0) -> dict[str, list[float]]:
     """Seconds per call of each implementation, one sample per round, measured in alternation.
 
     ``settle_s`` is a pause before each implementation's sample. With several threads, the
@@ -152,10 +155,6 @@ def fma_probe_line(threads: int) -> str:
     return f"{total:.1f} ({total / threads:.1f} per thread)"
 
 
-#: Default shortest sample: calls of one implementation are repeated until a sample lasts this long.
-MIN_SAMPLE_MS = 20.0
-
-
 def run_worker(threads: int, selected: list[str], quick: bool, rounds: int,
                min_sample_ms: float = MIN_SAMPLE_MS) -> None:
     import seqblocks
@@ -235,7 +234,8 @@ def main(argv: list[str] | None = None) -> int:
         for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
             env[var] = str(threads)
         cmd = [sys.executable, "-m", "seqblocks", "bench", "--worker", str(threads), "--only", ",".join(selected),
-               "--rounds", str(rounds), "--min-sample-ms", repr(args.min_sample_ms)] + (["--quick"] if args.quick else [])
+               "--rounds", str(rounds), "--min-sample-ms", repr(args.min_sample_ms)]
+        cmd += ["--quick"] if args.quick else []
         result = subprocess.run(cmd, env=env)
         if result.returncode != 0:
             return result.returncode
