@@ -566,7 +566,9 @@ void gemm_shared(const GemmProblem<T>& p, PairShare<T>* share) {
   // its own and then helps with the other's remaining blocks through a PairShare queue, as the
   // two products of gemm_pair do. A static half per thread left 5-8 % of a layer-shaped
   // product's two-thread time idle on a busy host (one core slowed); the claim counter cannot
-  // even that out with one unit per thread.
+  // even that out with one unit per thread. Helping measured 1.04-1.12x on the four forward
+  // products of a Transformer layer and 1.10-1.13x on its inference (busy host, medians of
+  // alternating processes); bit-identical results.
   const bool paired = path == GemmPath::packed && nt == 2 && units == 2 && share == nullptr;
   PairShare<T> pair_shares[2];
   std::atomic<int64_t> next_unit{0};
