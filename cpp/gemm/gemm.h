@@ -78,8 +78,9 @@ struct GemmView {
   // All of A packed by PrepackedA (m <= MC, k <= KC), or null: one query block of attention
   // multiplied by several key blocks. Read by gemm_packed instead of packing A per call.
   const T* a_packed = nullptr;
-  // The product's block queue when it runs as one of a pair (gemm_pair), or null: the other
-  // thread may then compute panels of each block (single-threaded views only).
+  // The block queue of this product when it runs on one thread as one of a pair (the two
+  // products of gemm_pair, or the two halves of one product in gemm_shared), or null: the other
+  // thread may then compute panels of each block.
   PairShare<T>* share = nullptr;
 
   // Rows [i0, i1) and columns [j0, j1) of C.
@@ -256,7 +257,8 @@ static void sweep_panels(const PanelBlock<T>& blk, int64_t p0, int64_t p1) {
   }
 }
 
-// The block queue of one product of a pair (gemm_pair). Its owner publishes each packed block
+// The block queue of one side of a pair: one of gemm_pair's two products, or one of the two
+// halves gemm_shared cuts a product into at two threads. Its owner publishes each packed block
 // as a new generation and claims chunks of kChunkPanels micro-panels; the other thread, once
 // its own product is done, claims chunks too, reading the owner's packed panels (nothing is
 // packed twice). A claim is a compare-and-swap on `state`, which holds the generation with the
@@ -356,9 +358,7 @@ struct PairShare {
     void wait() {
       if (spins < kSpins) {
         ++spins;
-#if defined(__x86_64__) || defined(__i386__)
-        __builtin_ia32_pause();
-#endif
+        cpu_pause();
       } else {
         std::this_thread::yield();
       }

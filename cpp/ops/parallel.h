@@ -83,9 +83,7 @@ class StepBarrier {
     }
     for (int spins = 0; spins < kSpins; ++spins) {
       if (gen_.load(std::memory_order_acquire) != gen) return;
-#if defined(__x86_64__) || defined(__i386__)
-      __builtin_ia32_pause();
-#endif
+      cpu_pause();
     }
     std::unique_lock<std::mutex> lock(mutex_);
     sleepers_.fetch_add(1, std::memory_order_seq_cst);

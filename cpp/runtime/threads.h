@@ -17,4 +17,12 @@ bool in_forked_child();
 // fallback (ops/parallel.h TeamCheck, gemm_pair) deterministically.
 bool short_team_forced_for_tests();
 
+// One step of a spin-wait: the pause hint (on x86) that lets the sibling hyperthread run and
+// saves power while a thread polls a flag another thread will set (StepBarrier, PairShare).
+inline void cpu_pause() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#endif
+}
+
 }  // namespace seqblocks
