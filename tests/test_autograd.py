@@ -185,6 +185,47 @@ def test_leaf_grads_are_not_aliased(r):
     assert a.grad.flags.writeable and b.grad.flags.c_contiguous
 
 
+
+class _ViewGrads(Function):
+    """y = x1 + x2 (4, 3); the backward hands each leaf a reshaped view: of one fresh array each
+    ("fresh"), of one array for both ("shared"), or of an array it also keeps ("kept")."""
+    kept: list = []
+
+    @staticmethod
+    def forward(ctx, x1, x2, mode):
+        ctx.mode = mode
+        return x1 + x2
+
+    @staticmethod
+    def backward(ctx, g):
+        if ctx.mode == "fresh":
+            return np.array(g).reshape(-1).reshape(4, 3), np.array(g).reshape(-1).reshape(4, 3), None
+        flat = np.array(g).reshape(-1)
+        if ctx.mode == "kept":
+            _ViewGrads.kept.append(flat)
+            return flat.reshape(4, 3), np.array(g), None
+        return flat.reshape(4, 3), flat.reshape(4, 3), None
+
+
+@pytest.mark.parametrize("mode", ["fresh", "shared", "kept"])
+def test_leaf_grads_from_views_are_copied_only_when_their_memory_is_shared(r, mode):
+    """A view of an array nothing else holds is stored as the gradient as it is (no copy); a view
+    whose memory another leaf or the op also holds is copied, so leaf gradients never alias."""
+    x1 = tensor(r.standard_normal((4, 3)), requires_grad=True)
+    x2 = tensor(r.standard_normal((4, 3)), requires_grad=True)
+    g = r.standard_normal((4, 3)).astype(np.float32)
+    _ViewGrads.kept.clear()
+    _ViewGrads.apply(x1, x2, mode).backward(g)
+    np.testing.assert_array_equal(x1.grad, g)
+    np.testing.assert_array_equal(x2.grad, g)
+    assert not np.shares_memory(x1.grad, x2.grad)
+    if mode == "fresh":
+        assert x1.grad.base is not None and x2.grad.base is not None  # the views themselves, not copies
+    if mode == "kept":
+        assert not np.shares_memory(x1.grad, _ViewGrads.kept[0])
+        x1.grad *= 0
+        np.testing.assert_array_equal(_ViewGrads.kept[0], g.reshape(-1))
+
 def test_long_chain_has_no_recursion_limit():
     x = tensor(np.ones(2), requires_grad=True, dtype=np.float64)
     y = x

@@ -30,9 +30,10 @@ void expect_size(const py::array& a, int64_t want, const char* name) {
   }
 }
 
-// out (optional): where y goes instead of a new array -- a writable C-contiguous array of a's
-// size and dtype, either a itself (an in-place add: every element is read before it is written)
-// or memory apart from a and b.
+// y has a's shape (a new array, so the caller needs no reshaped view of it: autograd copies a
+// view before storing it as a gradient). out (optional): where y goes instead -- a writable
+// C-contiguous array of a's size and dtype, either a itself (an in-place add: every element is
+// read before it is written) or memory apart from a and b.
 template <class T>
 py::array add_impl(const py::array& a_arr, const py::array& b_arr, int mode, int64_t outer, int64_t mid,
                    int64_t inner, const py::object& out_obj) {
@@ -44,7 +45,7 @@ py::array add_impl(const py::array& a_arr, const py::array& b_arr, int mode, int
   auto b = c_input<T>(b_arr);
   py::array_t<T> y;
   if (out_obj.is_none()) {
-    y = new_output<T>({static_cast<py::ssize_t>(total)});
+    y = new_output<T>(std::vector<py::ssize_t>(a_arr.shape(), a_arr.shape() + a_arr.ndim()));
   } else {
     py::array out = py::array::ensure(out_obj);
     if (!out) throw py::type_error("out: expected an array or None");

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import functools
 import math
+import sys
 import threading
 import weakref
 from typing import Any, Iterable, Sequence
@@ -710,11 +711,18 @@ def _leaf_grad(g: np.ndarray, leaf: Tensor, owned: set) -> np.ndarray:
     dtype = leaf.data.dtype
     if g.dtype != dtype:
         g = g.astype(dtype)
-    elif (isinstance(g.base, np.ndarray) or not g.flags.writeable or not g.flags.c_contiguous
-          or id(g) in owned):  # (a native output's base is its memory block's owner, not an array)
-        g = np.array(g, dtype=dtype, order="C")
+    elif ((isinstance(g.base, np.ndarray) and not _sole_view(g)) or not g.flags.writeable
+          or not g.flags.c_contiguous or id(g) in owned):  # (a native output's base is its memory
+        g = np.array(g, dtype=dtype, order="C")              # block's owner, not an array)
     owned.add(id(g))
     return g
+
+
+def _sole_view(g: np.ndarray) -> bool:
+    """Whether g is a reshaped view of an array that nothing else references (a backward's output
+    put in its input's shape), so that g owns its memory as much as a fresh array would. (The base
+    is referenced by g and by getrefcount's own argument.)"""
+    return not isinstance(g.base.base, np.ndarray) and sys.getrefcount(g.base) == 2
 
 
 def _accumulate_leaf(leaf: Tensor, g: np.ndarray, owned: set) -> None:

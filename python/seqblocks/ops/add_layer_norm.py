@@ -76,4 +76,12 @@ def add_layer_norm_backward(grad_output, workspace):
                                                s_rows, workspace["mean"], workspace["rstd"], weight,
                                                weight is not None, workspace["has_bias"])
     dx = dx.reshape(workspace["s"].shape)
-    return (dx, dx, None if dw is None else dw.reshape(dims), None if db is None else db.reshape(dims))
+    return (dx, dx, _in_shape(dw, dims), _in_shape(db, dims))
+
+
+def _in_shape(grad, dims):
+    """grad (a native output) in shape dims: itself when already so, as autograd copies a view of
+    an array before storing it as a parameter's gradient."""
+    if grad is None or grad.shape == tuple(dims):
+        return grad
+    return grad.reshape(dims)

@@ -71,7 +71,6 @@ def add_forward(a, b, *, needs_grad: bool = True, out=None):
         _check_out(out, a, b)
     if use_reference():
         return reference.add_forward(a, b, needs_grad=needs_grad, out=out)
-    a_c = c_order(a).reshape(-1)
     b_shape = b.shape
     runs = _runs(a.shape, b.shape)
     kinds = "".join("B" if bc else "K" for bc, _ in runs)
@@ -91,8 +90,8 @@ def add_forward(a, b, *, needs_grad: bool = True, out=None):
     else:  # four or more alternating runs: b is expanded to a's shape first
         b = np.broadcast_to(b, a.shape)
         plan = (0, 1, 1, a.size)
-    y = _core.add_broadcast(a_c, c_order(b).reshape(-1), *plan, None if out is None else out.reshape(-1))
-    return (y.reshape(a.shape) if out is None else out), ((a.shape, b_shape) if needs_grad else None)
+    y = _core.add_broadcast(c_order(a), c_order(b).reshape(-1), *plan, None if out is None else out.reshape(-1))
+    return (y if out is None else out), ((a.shape, b_shape) if needs_grad else None)
 
 
 def add_backward(grad_output, workspace):
