@@ -188,3 +188,40 @@ def test_dx_has_the_input_shape_without_a_view(rng):
     with pytest.raises(ValueError, match=r"dx_shape: expected a shape \(\.\.\., 2\) of 8 elements"):
         seqblocks._core.linear_backward(np.ones((4, 3), np.float32), np.ones((4, 2), np.float32),
                                         np.ones((3, 2), np.float32), False, (3, 3))
+
+
+def grouped_column_sums(dy: np.ndarray) -> np.ndarray:
+    """Column sums of dy in the native order (gemm/pack.h, kRowSumGroup): groups of 8 rows from
+    row 0, each summed in order from zero, the group sums added in order -- in dy's dtype."""
+    total = np.zeros(dy.shape[1], dy.dtype)
+    for g in range(0, dy.shape[0], 8):
+        part = np.zeros(dy.shape[1], dy.dtype)
+        for row in dy[g:g + 8]:
+            part = part + row
+        total = total + part
+    return total
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("rows,in_f,out_f", [
+    (1031, 389, 401),  # dy^T packed: several K blocks (rows > KC), sums read while packing
+    (77, 20, 45),      # dW with few columns: dy^T read in place (not packed), sums in a separate pass
+    (5, 300, 3),       # few rows and outputs
+    (700, 2000, 40),   # wide dW: at 2-3 threads its columns are split, one rectangle sums
+])
+def test_dbias_is_summed_in_one_order_on_every_path(isa, rng, dtype, rows, in_f, out_f):
+    """db is summed while the dW product packs dy^T, or in a pass of its own where that product
+    does not pack it; both give the documented order bit for bit, at any thread count."""
+    x = rng.standard_normal((rows, in_f)).astype(dtype)
+    w = rng.standard_normal((out_f, in_f)).astype(dtype)
+    b = rng.standard_normal(out_f).astype(dtype)
+    dy = rng.standard_normal((rows, out_f)).astype(dtype)
+    want = grouped_column_sums(dy)
+    before = seqblocks.get_num_threads()
+    try:
+        for threads in (1, 2, 3):
+            seqblocks.set_num_threads(threads)
+            _, ws = ops.linear_forward(x, w, b)
+            np.testing.assert_array_equal(ops.linear_backward(dy, ws)[2], want)
+    finally:
+        seqblocks.set_num_threads(before)

@@ -103,6 +103,8 @@ py::tuple linear_backward_impl(const py::array& dy_arr, const py::array& x_arr, 
     pdw_p.b = px, pdw_p.ldb = in_f;
     pdw_p.c = pdw, pdw_p.ldc = in_f;
     const bool dx_gemm = rows * in_f > 0 && out_f > 0, dw_gemm = out_f * in_f > 0 && rows > 0;
+    // db = column sums of dy = row sums of dW's A (dy^T), summed while that GEMM packs dy^T.
+    if (dw_gemm) pdw_p.a_row_sums = pdb;
     // float64 GELU (erf) needs gelu(x) beside x (no vector form): a pass after the GEMM instead.
     const bool act_after = act && *act == ActivationGrad::gelu_erf && std::is_same_v<T, double>;
     const ActivationKernels& ak = SEQBLOCKS_DISPATCH(activation_kernels);
@@ -128,7 +130,7 @@ py::tuple linear_backward_impl(const py::array& dy_arr, const py::array& x_arr, 
         ak.backward_f32(*act, pdx, saved->data(), nullptr, pdx, n, num_threads());
       }
     }
-    if (pdb != nullptr) {
+    if (pdb != nullptr && !dw_gemm) {  // (no rows: zeros; no input features: no dW product)
       const ElementwiseKernels& k = SEQBLOCKS_DISPATCH(elementwise_kernels);
       if constexpr (std::is_same_v<T, float>) {
         k.sum_axis_f32(pdy, pdb, 1, rows, out_f, num_threads());

@@ -39,6 +39,7 @@
 #include <cstdint>
 #include <exception>
 #include <numeric>
+#include <stdexcept>
 #include <thread>
 
 #include "gemm/dot_gemm.h"
@@ -82,6 +83,9 @@ struct GemmView {
   // products of gemm_pair, or the two halves of one product in gemm_shared), or null: the other
   // thread may then compute panels of each block.
   PairShare<T>* share = nullptr;
+  // GemmProblem::a_row_sums at this view's first row, or null: only the rectangle holding C's
+  // first column sums its rows of A (the others pack the same rows).
+  T* a_row_sums = nullptr;
 
   // Rows [i0, i1) and columns [j0, j1) of C.
   GemmView sub(int64_t i0, int64_t i1, int64_t j0, int64_t j1) const {
@@ -94,6 +98,7 @@ struct GemmView {
     }
     v.c = c + i0 * ldc + j0;
     v.bias = bias ? bias + j0 : nullptr;
+    v.a_row_sums = a_row_sums && j0 == 0 ? a_row_sums + i0 : nullptr;
     if (j0 != 0 || j1 != n) v.b_packed = nullptr;  // its panel offsets assume all n columns
     if (i0 != 0 || i1 != m) v.a_packed = nullptr;  // its panel heights assume all m rows
     return v;
@@ -392,10 +397,16 @@ static void gemm_packed(const GemmView<T>& v, T* abuf, T* bbuf) {
     // runs as 11 + 11 + 10 rows rather than 14 + 14 + 4, whose 4-row tile would be bound by
     // FMA latency). Tile heights never change the arithmetic of an element.
     const int h = static_cast<int>(gemm_balanced_block(mc, MR, 1));
+    T* sums = v.a_row_sums ? v.a_row_sums + ic : nullptr;
+    if (sums) std::fill(sums, sums + mc, T(0));
     for (int64_t pc = 0; pc < v.k; pc += Tr::KC) {
       const int64_t kc = std::min(Tr::KC, v.k - pc);
       const T* ablk = v.trans_a ? v.a + pc * v.lda + ic : v.a + ic * v.lda + pc;
-      if (!a_direct && !a_pre) pack_a_block<Isa, T>(ablk, v.lda, v.trans_a, mc, kc, h, abuf);
+      const bool sums_in_pack = sums && !a_direct && !a_pre && v.trans_a;
+      if (!a_direct && !a_pre) {
+        pack_a_block<Isa, T>(ablk, v.lda, v.trans_a, mc, kc, h, abuf, sums_in_pack ? sums : nullptr);
+      }
+      if (sums && !sums_in_pack) add_row_sums(ablk, v.lda, v.trans_a, mc, kc, sums);
       TileEpilogue<T> ep{v.alpha, v.beta, nullptr, pc == 0, pc + kc == v.k, v.post};
 
       for (int64_t jc = 0; jc < v.n; jc += nc_step) {
@@ -507,6 +518,14 @@ void gemm_dot(const GemmProblem<T>& p, int nt) {
 // share: the product's block queue when it runs on one thread as one of a pair (gemm_pair).
 template <class Isa, class T>
 void gemm_shared(const GemmProblem<T>& p, PairShare<T>* share) {
+  if (p.a_row_sums && p.m > 0) {
+    if (p.batch != 1) throw std::invalid_argument("gemm: a_row_sums needs batch 1");
+    // Paths that never pack A sum it here, before the product (the packed path sums per K block).
+    if (p.n <= 0 || p.k <= 0 || gemm_choose_path<Isa, T>(p) != GemmPath::packed) {
+      std::fill(p.a_row_sums, p.a_row_sums + p.m, T(0));
+      if (p.k > 0) add_row_sums(p.a, p.lda, p.trans_a, p.m, p.k, p.a_row_sums);
+    }
+  }
   if (p.m <= 0 || p.n <= 0 || p.batch <= 0) return;
   using Tr = GemmTraits<Isa, T>;
   constexpr int64_t W = Vec<Isa, T>::width;
@@ -562,6 +581,7 @@ void gemm_shared(const GemmProblem<T>& p, PairShare<T>* share) {
                    p.ldb,   p.trans_b, p.c, p.ldc, p.alpha, p.beta,    p.bias};
   base.post = p.post;
   base.share = nt == 1 && units == 1 ? share : nullptr;
+  base.a_row_sums = path == GemmPath::packed ? p.a_row_sums : nullptr;
   // Two packed units on two threads (one matrix cut in two, or two matrices): each thread takes
   // its own and then helps with the other's remaining blocks through a PairShare queue, as the
   // two products of gemm_pair do. A static half per thread left 5-8 % of a layer-shaped

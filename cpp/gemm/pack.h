@@ -97,27 +97,72 @@ struct TransposeBlock<Avx512, double> {
 };
 #endif
 
+// Row sums of op(A) in a fixed order, the same on every path that computes them (while packing
+// a transposed A below, or add_row_sums): l runs in groups of kRowSumGroup consecutive columns
+// from 0; each group is summed in order starting from zero, and the group sums are added in
+// order to sums[i]. (Block starts are multiples of KC, itself a multiple of the group, so the
+// groups of a K block are the groups of the whole row.) Error: about (group + k / group) roundings
+// of the |terms| sum, against k for one running sum.
+constexpr int64_t kRowSumGroup = 8;
+
+// sums[i] += the row sums of op(A) over one K block (kc columns) for i < mc, scalar: the paths
+// that do not pack a transposed A (A read in place, a non-transposed A, the dot path).
+template <class T>
+static void add_row_sums(const T* a, int64_t lda, bool trans, int64_t mc, int64_t kc, T* sums) {
+  for (int64_t i = 0; i < mc; ++i) {
+    T total = sums[i];
+    for (int64_t l0 = 0; l0 < kc; l0 += kRowSumGroup) {
+      const int64_t l1 = l0 + kRowSumGroup < kc ? l0 + kRowSumGroup : kc;
+      T part = T(0);
+      for (int64_t l = l0; l < l1; ++l) part += trans ? a[l * lda + i] : a[i * lda + l];
+      total += part;
+    }
+    sums[i] = total;
+  }
+}
+
+// sums (or null): as add_row_sums, for a transposed A only -- its rows of op(A) come in as
+// vectors while they are packed, so the sums cost no second pass over A (the bias gradient of
+// a linear map, summed while its weight gradient packs dy^T).
 template <class Isa, class T>
-static void pack_a_block(const T* a, int64_t lda, bool trans, int64_t mc, int64_t kc, int h, T* dst) {
+static void pack_a_block(const T* a, int64_t lda, bool trans, int64_t mc, int64_t kc, int h, T* dst,
+                         T* sums = nullptr) {
   constexpr int MR = GemmTraits<Isa, T>::MR;
+  static_assert(GemmTraits<Isa, T>::KC % kRowSumGroup == 0, "K blocks must start on a row-sum group");
   if (trans) {
     // Column l of a panel is mr contiguous elements of stored row l, so every stored row feeds
     // all the panels. Panel by panel, each would re-read all kc rows (a new page each) for a
     // few elements; instead LB rows at a time go to every panel while they sit in L1.
     using V = Vec<Isa, T>;
     constexpr int W = V::width;
-    constexpr int64_t LB = 8;
+    constexpr int64_t LB = kRowSumGroup;
     for (int64_t l0 = 0; l0 < kc; l0 += LB) {
       const int64_t l1 = l0 + LB < kc ? l0 + LB : kc;
       T* panel = dst;
       for (int64_t p0 = 0; p0 < mc; p0 += h, panel += h * kc) {
         const int mr = static_cast<int>(mc - p0 < h ? mc - p0 : h);
-        for (int64_t l = l0; l < l1; ++l) {
-          const T* src = a + l * lda + p0;
-          T* d = panel + l * h;
-          int i = 0;
-          for (; i + W <= mr; i += W) V::store(d + i, V::load(src + i));
-          if (i < mr) V::store_tail(d + i, V::load_tail(src + i, mr - i), mr - i);
+        for (int i = 0; i < mr; i += W) {
+          const int lanes = mr - i < W ? mr - i : W;
+          typename V::reg part = V::zero();
+          for (int64_t l = l0; l < l1; ++l) {
+            const T* src = a + l * lda + p0 + i;
+            T* d = panel + l * h + i;
+            const typename V::reg x = lanes == W ? V::load(src) : V::load_tail(src, lanes);
+            if (lanes == W) {
+              V::store(d, x);
+            } else {
+              V::store_tail(d, x, lanes);
+            }
+            if (sums) part = V::add(part, x);
+          }
+          if (sums) {
+            T* s = sums + p0 + i;
+            if (lanes == W) {
+              V::store(s, V::add(V::load(s), part));
+            } else {
+              V::store_tail(s, V::add(V::load_tail(s, lanes), part), lanes);
+            }
+          }
         }
       }
     }

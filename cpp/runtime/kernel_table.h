@@ -38,6 +38,10 @@ struct GemmProblem {
   T alpha = 1, beta = 0;
   const T* bias = nullptr;
   const GemmPost<T>* post = nullptr;  // or null; batches: c offsets count from C[0]
+  // Or null (batch 1 only): receives the m row sums of op(A), sum over l of op(A)[i][l], in the
+  // order of gemm/pack.h (kRowSumGroup) -- a linear map's bias gradient beside its weight
+  // gradient dW = dy^T x, summed while dy^T is packed rather than in a second pass over dy.
+  T* a_row_sums = nullptr;
   int nthreads = 1;
 };
 

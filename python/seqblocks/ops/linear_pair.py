@@ -1,7 +1,9 @@
 """The linear pair: ``linear_forward``/``linear_backward`` (y = x @ W^T + b) over the native GEMM.
 
 Backward, with x and dy flattened to rows: dx = dy @ W, dW = dy^T @ x, db = column sums of dy
-(one native call: two GEMMs and a deterministic column sum).
+(one native call: two GEMMs; db is summed while the dW product packs dy^T, in a fixed order --
+groups of 8 rows, each summed in order, the group sums added in order -- the same bits for every
+thread count).
 """
 
 from __future__ import annotations
