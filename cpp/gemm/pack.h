@@ -9,6 +9,7 @@
 // b[l * ldb + j], or b[j * ldb + l] when transposed. The pointers point at the block's (0, 0).
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 
 #include "gemm/traits.h"
@@ -105,10 +106,32 @@ struct TransposeBlock<Avx512, double> {
 // of the |terms| sum, against k for one running sum.
 constexpr int64_t kRowSumGroup = 8;
 
-// sums[i] += the row sums of op(A) over one K block (kc columns) for i < mc, scalar: the paths
-// that do not pack a transposed A (A read in place, a non-transposed A, the dot path).
+// sums[i] += the row sums of op(A) over one K block (kc columns) for i < mc: the paths that do
+// not pack a transposed A (A read in place, a non-transposed A, the dot path).
 template <class T>
 static void add_row_sums(const T* a, int64_t lda, bool trans, int64_t mc, int64_t kc, T* sums) {
+  if (trans) {
+    // op(A)[i][l] = a[l * lda + i]: stored rows run along i, so each group is summed row by row
+    // over a strip of i with the partial sums on the stack -- contiguous loops the compiler
+    // vectorizes, and per element the same additions in the same order as the packing path.
+    // (Summing one i at a time down the strided column ran a dW with 64 input features 2.3x
+    // slower than the former separate column-sum pass.)
+    constexpr int64_t kStrip = 256;
+    T part[kStrip];
+    for (int64_t i0 = 0; i0 < mc; i0 += kStrip) {
+      const int64_t ni = mc - i0 < kStrip ? mc - i0 : kStrip;
+      for (int64_t l0 = 0; l0 < kc; l0 += kRowSumGroup) {
+        const int64_t l1 = l0 + kRowSumGroup < kc ? l0 + kRowSumGroup : kc;
+        std::fill(part, part + ni, T(0));
+        for (int64_t l = l0; l < l1; ++l) {
+          const T* row = a + l * lda + i0;
+          for (int64_t i = 0; i < ni; ++i) part[i] += row[i];
+        }
+        for (int64_t i = 0; i < ni; ++i) sums[i0 + i] += part[i];
+      }
+    }
+    return;
+  }
   for (int64_t i = 0; i < mc; ++i) {
     T total = sums[i];
     for (int64_t l0 = 0; l0 < kc; l0 += kRowSumGroup) {
