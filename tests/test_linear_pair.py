@@ -206,6 +206,7 @@ def grouped_column_sums(dy: np.ndarray) -> np.ndarray:
 @pytest.mark.parametrize("rows,in_f,out_f", [
     (1031, 389, 401),  # dy^T packed: several K blocks (rows > KC), sums read while packing
     (77, 20, 45),      # dW with few columns: dy^T read in place (not packed), sums in a separate pass
+    (300, 64, 600),    # the same over several strips of 256 outputs
     (5, 300, 3),       # few rows and outputs
     (700, 2000, 40),   # wide dW: at 2-3 threads its columns are split, one rectangle sums
 ])
